@@ -1,0 +1,1 @@
+"""Megatron-style 3D-parallel LLaMA pretraining on megatron-core."""

@@ -1,0 +1,49 @@
+"""Command-line flags of pretrain_llama.py: Megatron-LM's names, grouped by concern.
+
+parse_args() applies --model-preset first, so any explicit flag overrides a preset value,
+then validates the layout before any process group or model exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from megatron_ext.arguments.checkpoint import add_checkpoint_args
+from megatron_ext.arguments.data import add_data_args
+from megatron_ext.arguments.logging import add_logging_args
+from megatron_ext.arguments.model import add_model_args
+from megatron_ext.arguments.mup import add_mup_args
+from megatron_ext.arguments.parallel import add_parallel_args
+from megatron_ext.arguments.training import add_training_args
+from megatron_ext.arguments.validate import fill_defaults, validate
+from megatron_ext.models.presets import preset
+
+ARG_GROUPS = (add_model_args, add_parallel_args, add_training_args, add_data_args,
+              add_checkpoint_args, add_logging_args, add_mup_args)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's default prints usage then a terse line; name the fix
+        self.exit(2, f"{self.prog}: error: {message}\n(run with --help for the list of flags)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pretrain_llama.py", description="Pretrain a LLaMA-family model on megatron-core.",
+                     allow_abbrev=False)
+    for add in ARG_GROUPS:
+        add(parser)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None, world_size: int | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # unknown flags stop here with argparse's message
+    if args.model_preset:
+        parser.set_defaults(**preset(args.model_preset))
+        args = parser.parse_args(argv)
+    fill_defaults(args)
+    if world_size is None:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    validate(args, world_size)
+    return args

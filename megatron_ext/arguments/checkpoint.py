@@ -1,0 +1,15 @@
+"""Checkpoint flags."""
+
+import argparse
+
+
+def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("checkpointing")
+    g.add_argument("--save", default=None, help="directory to save checkpoints to")
+    g.add_argument("--load", default=None, help="directory to resume from (latest iteration)")
+    g.add_argument("--save-interval", type=int, default=None)
+    g.add_argument("--no-load-optim", action="store_true")
+    g.add_argument("--no-load-rng", action="store_true")
+    g.add_argument("--finetune", action="store_true",
+                   help="load weights only and restart iteration count, optimizer and schedule")
+    g.add_argument("--ckpt-format", choices=["torch_dist"], default="torch_dist")

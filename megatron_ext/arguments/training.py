@@ -1,0 +1,39 @@
+"""Batch, schedule, optimizer, precision and recomputation flags."""
+
+import argparse
+
+
+def add_training_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("batch")
+    g.add_argument("--micro-batch-size", type=int, default=1)
+    g.add_argument("--global-batch-size", type=int, default=None, help="default: micro batch x DP")
+    g.add_argument("--seq-length", type=int)
+    g.add_argument("--train-iters", type=int)
+    g.add_argument("--train-samples", type=int)
+
+    g = parser.add_argument_group("learning-rate schedule")
+    g.add_argument("--lr", type=float, default=3e-4)
+    g.add_argument("--min-lr", type=float, default=0.0)
+    g.add_argument("--lr-decay-style", choices=["cosine", "linear", "constant"], default="cosine")
+    g.add_argument("--lr-warmup-iters", type=int, default=0)
+    g.add_argument("--lr-warmup-init", type=float, default=0.0)
+    g.add_argument("--lr-decay-iters", type=int, default=None, help="default: --train-iters")
+
+    g = parser.add_argument_group("optimizer")
+    g.add_argument("--optimizer", choices=["adam"], default="adam")
+    g.add_argument("--weight-decay", type=float, default=0.1)
+    g.add_argument("--adam-beta1", type=float, default=0.9)
+    g.add_argument("--adam-beta2", type=float, default=0.95)
+    g.add_argument("--adam-eps", type=float, default=1e-8)
+    g.add_argument("--clip-grad", type=float, default=1.0)
+
+    g = parser.add_argument_group("precision and memory")
+    g.add_argument("--bf16", action="store_true")
+    g.add_argument("--fp16", action="store_true")
+    g.add_argument("--initial-loss-scale", type=float, default=2.0**16)
+    g.add_argument("--recompute-granularity", choices=["full", "selective"], default=None)
+    g.add_argument("--recompute-method", choices=["uniform", "block"], default=None)
+    g.add_argument("--recompute-num-layers", type=int, default=None)
+    g.add_argument("--recompute-activations", dest="recompute_granularity",
+                   action="store_const", const="selective")
+    g.add_argument("--seed", type=int, default=1234)

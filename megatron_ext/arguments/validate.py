@@ -1,0 +1,124 @@
+"""Defaults that depend on other flags, and start-up checks that name the bad flag and the fix."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+
+
+class ConfigError(SystemExit):
+    """A flag combination that cannot work; raised before anything is built or written."""
+
+    def __init__(self, message: str):
+        super().__init__(f"error: {message}")
+
+
+_MODEL_DEFAULTS = dict(normalization="RMSNorm", norm_epsilon=1e-5, add_bias_linear=False, add_qkv_bias=None,
+                       rotary_percent=1.0, rotary_base=10000.0, rotary_interleaved=False, tie_embeddings=False,
+                       group_query_attention=False, init_method_std=0.02, use_mup=False,
+                       mup_scale_qk_dot_by_d=False, mup_scale_adam_eps=False)
+
+
+def fill_defaults(args: argparse.Namespace) -> None:
+    for key, value in _MODEL_DEFAULTS.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.add_qkv_bias is None:
+        args.add_qkv_bias = args.add_bias_linear
+    if args.hidden_size and args.num_attention_heads and args.kv_channels is None:
+        args.kv_channels = args.hidden_size // args.num_attention_heads
+    if not args.group_query_attention:
+        args.num_query_groups = args.num_attention_heads
+    if args.max_position_embeddings is None:
+        args.max_position_embeddings = args.seq_length
+    if args.tensor_model_parallel_size == 1:
+        args.sequence_parallel = False  # nothing to split; Megatron-LM does the same
+    if args.recompute_granularity == "full" and args.recompute_method is None:
+        args.recompute_method = "uniform"
+    if args.recompute_granularity == "full" and args.recompute_num_layers is None:
+        args.recompute_num_layers = 1
+
+
+def validate(args: argparse.Namespace, world_size: int) -> None:
+    for flag in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "seq_length"):
+        if getattr(args, flag) is None:
+            raise ConfigError(f"--{flag.replace('_', '-')} is not set: pass it or choose a --model-preset")
+    _validate_layout(args, world_size)
+    _validate_schedule(args)
+    _validate_misc(args)
+
+
+def _validate_layout(args, world_size: int) -> None:
+    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+    if world_size % (tp * pp):
+        raise ConfigError(f"world size {world_size} is not divisible by TP x PP = {tp} x {pp}: "
+                          "change --tensor-model-parallel-size / --pipeline-model-parallel-size or the process count")
+    args.data_parallel_size = world_size // (tp * pp)
+    heads, groups = args.num_attention_heads, args.num_query_groups
+    if heads % tp:
+        raise ConfigError(f"--num-attention-heads {heads} is not divisible by --tensor-model-parallel-size {tp}")
+    if groups % tp or heads % groups:
+        raise ConfigError(f"--num-query-groups {groups} must divide --num-attention-heads {heads} "
+                          f"and be divisible by --tensor-model-parallel-size {tp}")
+    if args.ffn_hidden_size % tp:
+        raise ConfigError(f"--ffn-hidden-size {args.ffn_hidden_size} is not divisible by TP {tp}")
+    if args.num_layers % pp:
+        raise ConfigError(f"--num-layers {args.num_layers} is not divisible by "
+                          f"--pipeline-model-parallel-size {pp}")
+    vstage = args.num_layers_per_virtual_pipeline_stage
+    args.virtual_pipeline_model_parallel_size = None
+    if vstage is not None:
+        per_stage = args.num_layers // pp
+        if pp < 2 or per_stage % vstage:
+            raise ConfigError(f"--num-layers-per-virtual-pipeline-stage {vstage} needs PP > 1 and must divide "
+                              f"the {per_stage} layers of each pipeline stage")
+        args.virtual_pipeline_model_parallel_size = per_stage // vstage
+    if args.make_vocab_size_divisible_by % tp:
+        raise ConfigError(f"--make-vocab-size-divisible-by {args.make_vocab_size_divisible_by} must be a "
+                          f"multiple of TP {tp} so the vocabulary splits evenly")
+    if args.sequence_parallel and args.seq_length % tp:
+        raise ConfigError(f"--sequence-parallel needs --seq-length {args.seq_length} divisible by TP {tp}")
+
+
+def _validate_schedule(args) -> None:
+    dp, mbs = args.data_parallel_size, args.micro_batch_size
+    if args.global_batch_size is None:
+        args.global_batch_size = mbs * dp
+    if args.global_batch_size % (mbs * dp):
+        raise ConfigError(f"--global-batch-size {args.global_batch_size} is not divisible by "
+                          f"--micro-batch-size x data-parallel size = {mbs} x {dp}")
+    args.num_microbatches = args.global_batch_size // (mbs * dp)
+    if args.virtual_pipeline_model_parallel_size and args.num_microbatches % args.pipeline_model_parallel_size:
+        raise ConfigError(f"interleaved pipelining needs the {args.num_microbatches} micro-batches per step to be "
+                          f"a multiple of PP {args.pipeline_model_parallel_size}: raise --global-batch-size")
+    if (args.train_iters is None) == (args.train_samples is None):
+        raise ConfigError("pass exactly one of --train-iters and --train-samples")
+    if args.train_iters is None:
+        args.train_iters = math.ceil(args.train_samples / args.global_batch_size)
+    if args.lr_decay_iters is None:
+        args.lr_decay_iters = args.train_iters
+    if args.lr_warmup_iters > args.lr_decay_iters:
+        raise ConfigError(f"--lr-warmup-iters {args.lr_warmup_iters} exceeds --lr-decay-iters {args.lr_decay_iters}")
+    if args.min_lr > args.lr:
+        raise ConfigError(f"--min-lr {args.min_lr} is larger than --lr {args.lr}")
+
+
+def _validate_misc(args) -> None:
+    if args.bf16 and args.fp16:
+        raise ConfigError("--bf16 and --fp16 are exclusive: pick one")
+    rotary_dim = args.kv_channels * args.rotary_percent
+    if rotary_dim != int(rotary_dim) or int(rotary_dim) % 2:
+        raise ConfigError(f"--rotary-percent {args.rotary_percent} of head dim {args.kv_channels} "
+                          "must give an even whole number of channels")
+    if args.save_interval and not args.save:
+        raise ConfigError("--save-interval needs --save DIR")
+    if not args.data_path and not args.mock_data:
+        raise ConfigError("no training data: pass --data-path PREFIX (made by tools/preprocess_data.py) "
+                          "or --mock-data")
+    if args.kernels == "triton" and args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ConfigError("--kernels triton on --device cpu needs TRITON_INTERPRET=1 in the environment")
+    if args.use_mup and not (args.mup_base_hidden_size or args.mup_width_scale):
+        raise ConfigError("--use-mup needs --mup-base-hidden-size or --mup-width-scale")
+    if args.tokenizer_type != "NullTokenizer" and not args.mock_data and not args.tokenizer_model:
+        raise ConfigError(f"--tokenizer-type {args.tokenizer_type} needs --tokenizer-model")

@@ -1,0 +1,133 @@
+"""Save and load training state with megatron-core's dist_checkpointing (torch_dist format).
+
+A save writes into ITER.tmp and renames it to ITER only when every rank has finished, then
+updates latest_checkpointed_iteration.txt (also by rename): a crash mid-save leaves the previous
+checkpoint as the latest. Tensors are keyed by their global (unsharded) identity, so a checkpoint
+saved at one TP/PP/DP layout loads at another. Loading reads with torch.load's weights_only=True.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, parallel_state
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+from megatron_ext.checkpoint.paths import (LATEST_FILE, CheckpointError, iteration_dir,
+                                           read_latest_iteration, write_text_atomic)
+from megatron_ext.checkpoint.rng import capture_rng_state, restore_rng_state
+
+OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_sharded_model_space", "chained_optim_avoid_prefix": True}
+# Flags that fix tensor shapes or semantics: a checkpoint loads only if these agree.
+MODEL_KEYS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+              "kv_channels", "normalization", "add_bias_linear", "add_qkv_bias", "tie_embeddings",
+              "padded_vocab_size")
+LAYOUT_KEYS = ("tensor_model_parallel_size", "pipeline_model_parallel_size",
+               "virtual_pipeline_model_parallel_size", "data_parallel_size")
+
+
+def _layout_tag() -> tuple:
+    return (parallel_state.get_pipeline_model_parallel_world_size(),
+            parallel_state.get_tensor_model_parallel_world_size())
+
+
+def _rng_object(rng_state) -> ShardedObject:
+    pp, tp = _layout_tag()
+    return ShardedObject("rng_state", rng_state, (pp, tp),
+                         (parallel_state.get_pipeline_model_parallel_rank(),
+                          parallel_state.get_tensor_model_parallel_rank()),
+                         replica_id=parallel_state.get_data_parallel_rank(with_context_parallel=True))
+
+
+def _sharded_state(model, optimizer, scheduler, *, is_loading: bool, with_optimizer: bool, with_rng: bool):
+    state = {f"model{i}": chunk.module.sharded_state_dict() for i, chunk in enumerate(model)}
+    if with_optimizer:
+        state["optimizer"] = optimizer.sharded_state_dict(dict(state), is_loading=is_loading,
+                                                          metadata=OPTIM_METADATA)
+        state["opt_param_scheduler"] = scheduler.state_dict()
+    if with_rng:
+        state["rng_state"] = _rng_object(capture_rng_state())
+    return state
+
+
+def save_checkpoint(root: str, model, optimizer, scheduler, train_state, args) -> str:
+    final = iteration_dir(root, train_state.iteration)
+    tmp = final + ".tmp"
+    if dist.get_rank() == 0:
+        os.makedirs(root, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during an earlier save
+        os.makedirs(tmp)
+    dist.barrier()
+    state = _sharded_state(model, optimizer, scheduler, is_loading=False, with_optimizer=True, with_rng=True)
+    state.update(iteration=train_state.iteration, consumed_samples=train_state.consumed_samples,
+                 args=saved_args(args), checkpoint_version=1)
+    dist_checkpointing.save(state, tmp)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        if os.path.exists(final):  # re-saving an iteration (a restarted run): swap, never half-replace
+            shutil.rmtree(final + ".old", ignore_errors=True)
+            os.replace(final, final + ".old")
+        os.replace(tmp, final)
+        write_text_atomic(os.path.join(root, LATEST_FILE), str(train_state.iteration))
+        shutil.rmtree(final + ".old", ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def saved_args(args) -> dict:
+    """The run's flags, as plain values (weights_only-loadable)."""
+    plain = (str, int, float, bool, type(None))
+    return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in vars(args).items()
+            if isinstance(v, plain) or (isinstance(v, (list, tuple)) and all(isinstance(x, plain) for x in v))}
+
+
+def read_checkpoint_args(root: str, iteration: int | None = None) -> tuple[int, dict]:
+    iteration = read_latest_iteration(root) if iteration is None else iteration
+    path = iteration_dir(root, iteration)
+    try:
+        common = dist_checkpointing.load_common_state_dict(path)
+    except Exception as exc:  # missing or truncated common.pt
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}. The files may be truncated or "
+                              "incomplete; load an earlier iteration (edit latest_checkpointed_iteration.txt)") from exc
+    return iteration, common
+
+
+def check_compatible(saved: dict, args, path: str) -> None:
+    for key in MODEL_KEYS:
+        if key in saved and saved[key] != getattr(args, key, None):
+            hint = (" (the tokenizer's vocabulary does not match the checkpoint's: use the tokenizer the "
+                    "checkpoint was trained with)" if key == "padded_vocab_size" else "")
+            raise CheckpointError(f"checkpoint {path} has {key}={saved[key]!r} but this run has "
+                                  f"{getattr(args, key, None)!r}{hint}")
+
+
+def load_checkpoint(root: str, model, optimizer, scheduler, args):
+    """Restore into built model/optimizer/scheduler; returns (iteration, consumed_samples)."""
+    iteration, common = read_checkpoint_args(root)
+    path = iteration_dir(root, iteration)
+    saved = common.get("args", {})
+    check_compatible(saved, args, path)
+    weights_only = args.finetune
+    same_layout = all(saved.get(k) == getattr(args, k, None) for k in LAYOUT_KEYS)
+    with_rng = same_layout and not args.no_load_rng and not weights_only
+    with_optimizer = not (weights_only or args.no_load_optim)
+    state = _sharded_state(model, optimizer, scheduler, is_loading=True, with_optimizer=with_optimizer,
+                           with_rng=with_rng)
+    try:
+        loaded = dist_checkpointing.load(state, path)
+    except Exception as exc:
+        raise CheckpointError(f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}. "
+                              "A shard may be truncated or missing; load an earlier iteration") from exc
+    for i, chunk in enumerate(model):
+        chunk.module.load_state_dict(loaded[f"model{i}"], strict=True)
+    if with_optimizer:
+        optimizer.load_state_dict(loaded["optimizer"])
+        scheduler.load_state_dict(loaded["opt_param_scheduler"])
+    if with_rng:
+        restore_rng_state(loaded["rng_state"].data if hasattr(loaded["rng_state"], "data") else loaded["rng_state"])
+    if weights_only:
+        return 0, 0
+    return common["iteration"], common["consumed_samples"]

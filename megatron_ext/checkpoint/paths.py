@@ -1,0 +1,36 @@
+"""Checkpoint directory layout: ROOT/iter_0000100/ and ROOT/latest_checkpointed_iteration.txt."""
+
+from __future__ import annotations
+
+import os
+
+LATEST_FILE = "latest_checkpointed_iteration.txt"
+
+
+class CheckpointError(SystemExit):
+    def __init__(self, message: str):
+        super().__init__(f"error: {message}")
+
+
+def iteration_dir(root: str, iteration: int) -> str:
+    return os.path.join(root, f"iter_{iteration:07d}")
+
+
+def read_latest_iteration(root: str) -> int:
+    path = os.path.join(root, LATEST_FILE)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"--load {root}: no {LATEST_FILE} there; is this a checkpoint directory "
+                              "written by pretrain_llama.py --save?")
+    text = open(path).read().strip()
+    if not text.isdigit():
+        raise CheckpointError(f"{path} holds {text!r}, not an iteration number; restore it or pass another --load")
+    return int(text)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

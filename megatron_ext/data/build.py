@@ -1,0 +1,35 @@
+"""From flags to a tokenizer and the train/validation datasets the loop reads."""
+
+from __future__ import annotations
+
+from megatron_ext.data.loader import MockGPTDataset
+
+
+def build_vocab(args):
+    """(tokenizer or None, vocabulary size). The model's vocabulary follows the tokenizer."""
+    if args.mock_data and not args.tokenizer_model:
+        if not args.vocab_size:
+            raise SystemExit("error: --mock-data without a tokenizer needs --vocab-size (or a --model-preset)")
+        return None, args.vocab_size
+    from megatron_ext.data.tokenizers import build_tokenizer
+
+    tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
+    return tokenizer, tokenizer.vocab_size
+
+
+def sample_counts(args) -> tuple[int, int, int]:
+    train = args.train_iters * args.global_batch_size
+    valid = args.eval_iters * args.global_batch_size if args.eval_interval else 0
+    return train, valid, 0
+
+
+def build_datasets(args, tokenizer, vocab_size: int):
+    train_samples, valid_samples, _ = sample_counts(args)
+    if args.mock_data:
+        valid = MockGPTDataset(valid_samples, args.seq_length, vocab_size, args.seed + 1) if valid_samples else None
+        return MockGPTDataset(train_samples, args.seq_length, vocab_size, args.seed), valid
+    from megatron_ext.data.datasets import build_gpt_datasets
+
+    train, valid, _ = build_gpt_datasets(args.data_path, args.split, args.seq_length, args.seed, tokenizer,
+                                         (train_samples, valid_samples, 0), data_cache_path=args.data_cache_path)
+    return train, (valid if valid_samples else None)

@@ -1,0 +1,63 @@
+"""Core attention with rotary embeddings: RoPE through the project's kernel, then causal SDPA.
+
+The model is built with position_embedding_type='none' so megatron-core's SelfAttention hands the
+un-rotated q/k ([seq, batch, heads, head_dim]) to this module, which owns RoPE (full or partial,
+half-split or interleaved, any base) and the attention kernel. No O(seq^2) mask is materialised.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.module import MegatronModule
+
+from megatron_ext import kernels
+
+try:  # optional backend, used only on CUDA when installed
+    from flash_attn import flash_attn_func
+except ImportError:  # pragma: no cover - depends on the environment
+    flash_attn_func = None
+
+
+def rotary_inv_freq(head_dim: int, rotary_percent: float, base: float) -> torch.Tensor:
+    rotary_dim = int(head_dim * rotary_percent)
+    if rotary_dim % 2 or rotary_dim == 0:
+        raise ValueError(f"rotary dims {head_dim} x {rotary_percent} = {rotary_dim} must be a positive even number")
+    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim
+    return (1.0 / base**exponents).float()
+
+
+class RotaryCoreAttention(MegatronModule):
+    def __init__(self, config, layer_number, attn_mask_type, attention_type,
+                 attention_dropout=None, softmax_scale=None, cp_comm_type=None, pg_collection=None):
+        super().__init__(config=config)
+        head_dim = config.kv_channels
+        self.softmax_scale = config.softmax_scale or 1.0 / math.sqrt(head_dim)
+        inv_freq = rotary_inv_freq(head_dim, config.rotary_percent, config.rotary_base)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def rotary_angles(self, seq_len: int, offset: int = 0) -> torch.Tensor:
+        positions = torch.arange(offset, offset + seq_len, device=self.inv_freq.device, dtype=torch.float32)
+        return torch.outer(positions, self.inv_freq)
+
+    def forward(self, query, key, value, attention_mask=None, attn_mask_type=None,
+                attention_bias=None, packed_seq_params=None, **kwargs):
+        seq_len, batch = query.shape[:2]
+        query, key = kernels.apply_rotary(query, key, self.rotary_angles(seq_len),
+                                          interleaved=self.config.rotary_interleaved,
+                                          impl=self.config.kernel_impl)
+        if self._use_flash(query):
+            out = flash_attn_func(*(t.transpose(0, 1) for t in (query, key, value)),
+                                  causal=True, softmax_scale=self.softmax_scale)
+            return out.transpose(0, 1).reshape(seq_len, batch, -1)
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, h, s, d]
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.softmax_scale,
+                                             enable_gqa=q.shape[1] != k.shape[1])
+        return out.permute(2, 0, 1, 3).reshape(seq_len, batch, -1)
+
+    def _use_flash(self, query) -> bool:
+        backend = self.config.attention_kernel
+        if backend == "flash" and (flash_attn_func is None or not query.is_cuda):
+            raise RuntimeError("--attention-backend flash needs flash-attn installed and a CUDA device")
+        return backend in ("flash", "auto") and flash_attn_func is not None and query.is_cuda \
+            and query.dtype in (torch.bfloat16, torch.float16)

@@ -1,0 +1,49 @@
+"""Named architectures (facts from shared/reference/models-and-recipes.md). Any flag overrides them.
+
+Keys are argparse destinations of pretrain_llama.py's flags.
+"""
+
+_LLAMA = dict(normalization="RMSNorm", norm_epsilon=1e-6, add_bias_linear=False, add_qkv_bias=False,
+              rotary_percent=1.0, rotary_base=10000.0, rotary_interleaved=False, tie_embeddings=False,
+              group_query_attention=False, init_method_std=0.02, use_mup=False)
+
+_TINY = dict(_LLAMA, num_layers=4, hidden_size=64, ffn_hidden_size=176, num_attention_heads=4,
+             seq_length=64, max_position_embeddings=64, vocab_size=512)
+
+_CRYSTAL_MUP = dict(use_mup=True, mup_base_hidden_size=256, mup_embeddings_scale=14.6,
+                    mup_output_alpha=2.22, mup_scale_qk_dot_by_d=True, mup_base_init_std=0.073)
+
+_CRYSTAL = dict(_LLAMA, normalization="LayerNorm", norm_epsilon=1e-5, add_bias_linear=True,
+                add_qkv_bias=True, rotary_percent=0.25, rotary_interleaved=True, tie_embeddings=True,
+                **_CRYSTAL_MUP)
+
+PRESETS = {
+    "amber-7b": dict(_LLAMA, num_layers=32, hidden_size=4096, ffn_hidden_size=11008,
+                     num_attention_heads=32, seq_length=2048, max_position_embeddings=2048, vocab_size=32000),
+    "openllama-3b": dict(_LLAMA, num_layers=26, hidden_size=3200, ffn_hidden_size=8640,
+                         num_attention_heads=32, seq_length=2048, max_position_embeddings=2048,
+                         vocab_size=32000),
+    "llama2-7b-gqa": dict(_LLAMA, num_layers=32, hidden_size=4096, ffn_hidden_size=11008,
+                          num_attention_heads=32, group_query_attention=True, num_query_groups=8,
+                          seq_length=4096, max_position_embeddings=4096, vocab_size=32000, norm_epsilon=1e-5),
+    "crystal-7b": dict(_CRYSTAL, num_layers=32, hidden_size=4096, ffn_hidden_size=10922,
+                       num_attention_heads=32, seq_length=2048, max_position_embeddings=2048,
+                       vocab_size=32032, make_vocab_size_divisible_by=32),
+    # ~1.2B parameters: the single-GPU benchmark size.
+    "llama-1b": dict(_LLAMA, num_layers=24, hidden_size=2048, ffn_hidden_size=5632,
+                     num_attention_heads=16, seq_length=2048, max_position_embeddings=2048, vocab_size=32000),
+    # Test and demo sizes. tiny-demo is the `make demo` model.
+    "tiny": _TINY,
+    "tiny-gqa": dict(_TINY, group_query_attention=True, num_query_groups=2),
+    "tiny-crystal": dict(_CRYSTAL, num_layers=4, hidden_size=64, ffn_hidden_size=176,
+                         num_attention_heads=4, seq_length=64, max_position_embeddings=64,
+                         vocab_size=512, mup_base_hidden_size=32),
+    "tiny-demo": dict(_TINY, num_layers=4, hidden_size=128, ffn_hidden_size=352,
+                      num_attention_heads=4, seq_length=128, max_position_embeddings=128),
+}
+
+
+def preset(name: str) -> dict:
+    if name not in PRESETS:
+        raise SystemExit(f"--model-preset {name!r} is unknown; choose one of: {', '.join(sorted(PRESETS))}")
+    return dict(PRESETS[name])

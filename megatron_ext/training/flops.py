@@ -1,0 +1,35 @@
+"""Model FLOPs per iteration and device peaks, for TFLOP/s and MFU.
+
+Counted per token, forward pass, matrix multiplies only (2 FLOPs per multiply-add):
+  attention projections  2 * H * (q_heads + 2 * kv_heads) * d  +  2 * q_heads * d * H
+  attention scores/values  2 * 2 * s * q_heads * d          (full s x s, as PaLM and Megatron-LM count)
+  SwiGLU MLP             2 * 3 * H * F
+  output layer           2 * H * V
+per layer for the first three, once for the last; training = 3 x forward (backward is 2x forward).
+Activation recomputation is not counted: this is model FLOPs utilisation (MFU), not hardware FLOPs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Dense (no sparsity) bf16/fp16 tensor-core peaks per device, TFLOP/s.
+PEAK_TFLOPS_BF16 = {"H100": 989.4, "H200": 989.4, "H800": 989.4, "A100": 312.0, "A800": 312.0}
+
+
+def training_flops_per_iteration(args, vocab_size: int) -> float:
+    h, s, layers = args.hidden_size, args.seq_length, args.num_layers
+    hq, hk, d, f = args.num_attention_heads, args.num_query_groups, args.kv_channels, args.ffn_hidden_size
+    per_layer = 2 * h * (hq + 2 * hk) * d + 2 * hq * d * h + 4 * s * hq * d + 6 * h * f
+    per_token = layers * per_layer + 2 * h * vocab_size
+    return 3.0 * per_token * args.global_batch_size * s
+
+
+def peak_tflops(args, device: torch.device) -> float | None:
+    """--peak-tflops wins; otherwise the known bf16/fp16 peak of this GPU, or None (unknown)."""
+    if args.peak_tflops:
+        return args.peak_tflops
+    if device.type != "cuda" or not (args.bf16 or args.fp16):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_TFLOPS_BF16.items() if key in name), None)

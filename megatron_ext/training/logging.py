@@ -1,0 +1,78 @@
+"""Megatron-LM-style iteration lines, TensorBoard scalars and an optional JSON-lines log."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from megatron_ext.training.flops import peak_tflops, training_flops_per_iteration
+
+
+class TrainLogger:
+    def __init__(self, args, device, vocab_size: int, writes: bool):
+        self.args = args
+        self.writes = writes  # only the last rank (it holds the loss) prints and writes
+        self.flops_per_iteration = training_flops_per_iteration(args, vocab_size)
+        self.peak = peak_tflops(args, device)
+        self.world_size = None
+        self.writer = None
+        if writes and args.tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(log_dir=args.tensorboard_dir)
+        self._window_start = time.perf_counter()
+        self._window_iters = 0
+
+    def start_window(self):
+        self._window_start, self._window_iters = time.perf_counter(), 0
+
+    def training_step(self, state, loss: float, lr: float, grad_norm, loss_scale, world_size: int):
+        self._window_iters += 1
+        args = self.args
+        if state.iteration % args.log_interval and state.iteration != args.train_iters:
+            return
+        elapsed = (time.perf_counter() - self._window_start) / max(self._window_iters, 1)
+        tokens_per_s = args.global_batch_size * args.seq_length / elapsed
+        tflops = self.flops_per_iteration / elapsed / world_size / 1e12
+        mfu = f"{100.0 * tflops / self.peak:.2f}%" if self.peak else "n/a (set --peak-tflops)"
+        if self.writes:
+            grad = f"{grad_norm:.4f}" if grad_norm is not None else "n/a"
+            line = (f" iteration {state.iteration:8d}/{args.train_iters:8d} |"
+                    f" consumed samples: {state.consumed_samples:12d} |"
+                    f" elapsed time per iteration (ms): {elapsed * 1000:.1f} |"
+                    f" learning rate: {lr:.6E} |"
+                    f" global batch size: {args.global_batch_size:5d} |"
+                    f" lm loss: {loss:.6E} |"
+                    + (f" loss scale: {loss_scale:.1f} |" if args.fp16 else "")
+                    + f" grad norm: {grad} |"
+                    f" tokens per second: {tokens_per_s:.1f} |"
+                    f" TFLOP/s per device: {tflops:.2f} |"
+                    f" MFU: {mfu} |")
+            print(line, flush=True)
+            scalars = {"lm loss": loss, "learning-rate": lr, "tokens-per-second": tokens_per_s,
+                       "tflops-per-device": tflops}
+            if grad_norm is not None:
+                scalars["grad-norm"] = grad_norm
+            self._write(scalars, state, extra={"elapsed_ms": elapsed * 1000})
+        self.start_window()
+
+    def validation(self, state, loss: float, tag: str = "validation"):
+        if not self.writes:
+            return
+        print(f" {tag} loss at iteration {state.iteration} | lm loss value: {loss:.6E} |", flush=True)
+        self._write({f"{tag} lm loss": loss}, state)
+
+    def _write(self, scalars: dict, state, extra: dict | None = None):
+        if self.writer:
+            for key, value in scalars.items():
+                self.writer.add_scalar(key, value, state.iteration)
+                self.writer.add_scalar(f"{key} vs samples", value, state.consumed_samples)
+            self.writer.flush()
+        if self.args.log_json:
+            record = {"iteration": state.iteration, "consumed_samples": state.consumed_samples,
+                      **scalars, **(extra or {})}
+            with open(self.args.log_json, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def close(self):
+        if self.writer:
+            self.writer.close()

@@ -1,0 +1,107 @@
+"""The training loop, read top to bottom: step, log, evaluate, save, until --train-iters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.distributed import finalize_model_grads
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from megatron_ext.training.step import forward_step
+
+
+@dataclass
+class TrainState:
+    iteration: int = 0
+    consumed_samples: int = 0
+
+
+def connect_schedule(config, model, optimizer, args) -> None:
+    """Hooks megatron-core's pipeline schedules call back into (Megatron-LM wires the same)."""
+    config.grad_scale_func = optimizer.scale_loss
+    config.finalize_model_grads_func = finalize_model_grads
+    no_sync = [chunk.no_sync for chunk in model]
+    config.no_sync_func = no_sync[0] if len(model) == 1 else no_sync
+    if args.overlap_grad_reduce:
+        sync = [chunk.start_grad_sync for chunk in model]
+        config.grad_sync_func = sync[0] if len(model) == 1 else sync
+    if args.overlap_param_gather and args.use_distributed_optimizer:
+        gather = [chunk.start_param_sync for chunk in model]
+        config.param_sync_func = gather[0] if len(model) == 1 else gather
+
+
+def run_microbatches(model, data_iterators, args, forward_only: bool):
+    schedule = get_forward_backward_func()
+    return schedule(
+        forward_step_func=forward_step,
+        data_iterator=data_iterators if len(model) > 1 else data_iterators[0],
+        model=model if len(model) > 1 else model[0],
+        num_microbatches=args.num_microbatches,
+        seq_length=args.seq_length,
+        micro_batch_size=args.micro_batch_size,
+        forward_only=forward_only,
+    )
+
+
+def average_loss(losses_reduced) -> float | None:
+    """Token-weighted mean over micro-batches and data-parallel ranks (last pipeline stage only)."""
+    if not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+        return None
+    total = torch.stack([entry["lm loss"] for entry in losses_reduced]).sum(dim=0)
+    dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
+    return (total[0] / total[1]).item()
+
+
+def base_lr(scheduler) -> float:
+    """The scheduled LR of parameters without a per-group (μP) override."""
+    return scheduler.get_lr({})
+
+
+def train_step(model, optimizer, scheduler, data_iterators, args):
+    for chunk in model:
+        chunk.zero_grad_buffer()
+    optimizer.zero_grad()
+    losses = run_microbatches(model, data_iterators, args, forward_only=False)
+    succeeded, grad_norm, _ = optimizer.step()
+    if succeeded:  # fp16 skips the step when gradients overflowed
+        scheduler.step(increment=args.global_batch_size)
+    return average_loss(losses), grad_norm
+
+
+def evaluate(model, data_iterators, args) -> float | None:
+    for chunk in model:
+        chunk.eval()
+    losses = []
+    with torch.no_grad():
+        for _ in range(args.eval_iters):
+            losses += run_microbatches(model, data_iterators, args, forward_only=True)
+    for chunk in model:
+        chunk.train()
+    return average_loss(losses)
+
+
+def train(args, model, optimizer, scheduler, state: TrainState, train_iters, validation_loss, logger, save_fn):
+    """Runs until args.train_iters; returns the validation loss at the last iteration, if evaluated
+    there. validation_loss() evaluates (None: never)."""
+    for chunk in model:
+        chunk.train()
+    logger.start_window()
+    last_valid = None
+    while state.iteration < args.train_iters:
+        loss, grad_norm = train_step(model, optimizer, scheduler, train_iters, args)
+        state.iteration += 1
+        state.consumed_samples += args.global_batch_size
+        logger.training_step(state, loss, base_lr(scheduler), grad_norm, optimizer.get_loss_scale().item(),
+                             dist.get_world_size())
+        last_valid = None
+        if validation_loss and state.iteration % args.eval_interval == 0:
+            last_valid = validation_loss()
+            logger.validation(state, last_valid)
+            logger.start_window()
+        if args.save and args.save_interval and state.iteration % args.save_interval == 0:
+            save_fn(state)
+            logger.start_window()
+    return last_valid

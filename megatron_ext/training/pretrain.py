@@ -1,0 +1,95 @@
+"""pretrain(): parse flags, set up the platform and parallel state, build, train, save."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import torch.distributed as dist
+
+from megatron_ext.arguments import parse_args
+from megatron_ext.platform import init_distributed
+
+
+def _quiet_megatron() -> None:
+    # megatron-core warns about missing apex/TE and custom-spec MLPs on every rank; none apply here.
+    warnings.filterwarnings("ignore", module=r"megatron\.core.*")
+    logging.getLogger("megatron.core").setLevel(logging.ERROR)
+
+
+def pretrain(argv: list[str] | None = None) -> float | None:
+    args = parse_args(argv)  # fails fast on bad flags, before any process group exists
+    _quiet_megatron()
+    platform = init_distributed(args.device, args.distributed_timeout_minutes)
+    try:
+        return _run(args, platform)
+    finally:
+        dist.destroy_process_group()
+
+
+def _run(args, platform) -> float | None:
+    # Imported here so --help and flag errors do not pay for megatron-core's import.
+    from megatron_ext.checkpoint.dist import load_checkpoint, save_checkpoint
+    from megatron_ext.data.build import build_datasets, build_vocab
+    from megatron_ext.data.loader import micro_batches
+    from megatron_ext.models.config import transformer_config
+    from megatron_ext.models.gpt import build_model, count_parameters, padded_vocab_size
+    from megatron_ext.models.parametrization import build_parametrization
+    from megatron_ext.training.logging import TrainLogger
+    from megatron_ext.training.loop import TrainState, connect_schedule, evaluate, train
+    from megatron_ext.training.optimizer import build_optimizer, build_scheduler
+    from megatron_ext.training.parallel import data_parallel_rank_and_size, initialize_parallel, is_last_rank
+
+    initialize_parallel(args)
+    tokenizer, vocab_size = build_vocab(args)
+    args.padded_vocab_size = padded_vocab_size(vocab_size, args.make_vocab_size_divisible_by)
+    parametrization = build_parametrization(args)
+    config = transformer_config(args, on_cpu=platform.is_cpu, mup_multipliers=parametrization.multipliers)
+    model = build_model(config, args, vocab_size, parametrization, platform.device)
+    optimizer = build_optimizer(args, model, parametrization.optimizer_overrides())
+    scheduler = build_scheduler(args, optimizer)
+    connect_schedule(config, model, optimizer, args)
+
+    state = TrainState()
+    if args.load:
+        state.iteration, state.consumed_samples = load_checkpoint(args.load, model, optimizer, scheduler, args)
+    train_ds, valid_ds = build_datasets(args, tokenizer, vocab_size)
+    dp_rank, dp_size = data_parallel_rank_and_size()
+
+    def iterators(dataset, consumed, cycle):
+        return [micro_batches(dataset, consumed, args.micro_batch_size, dp_rank, dp_size,
+                              args.num_workers, cycle=cycle) for _ in model]
+
+    logger = TrainLogger(args, platform.device, vocab_size, writes=is_last_rank())
+    if is_last_rank():
+        print(f" > {count_parameters(model):,} parameters on the last rank; layout TP{args.tensor_model_parallel_size}"
+              f" x PP{args.pipeline_model_parallel_size} x DP{args.data_parallel_size} on {platform.device.type}"
+              f" ({platform.backend})", flush=True)
+
+    def validation_loss():  # the same held-out batches every time, so values compare across a run
+        return evaluate(model, iterators(valid_ds, 0, cycle=True), args) if valid_ds is not None else None
+
+    def save(train_state):
+        path = save_checkpoint(args.save, model, optimizer, scheduler, train_state, args)
+        if is_last_rank():
+            print(f" > saved checkpoint at iteration {train_state.iteration} to {path}", flush=True)
+
+    if args.eval_interval and state.iteration == 0:
+        logger.validation(state, validation_loss())
+    final_loss = train(args, model, optimizer, scheduler, state,
+                       iterators(train_ds, state.consumed_samples, cycle=False),
+                       validation_loss if args.eval_interval else None, logger, save)
+    if args.save and not (args.save_interval and state.iteration % args.save_interval == 0):
+        save(state)
+    if args.eval_interval and final_loss is None:
+        final_loss = validation_loss()
+    if final_loss is not None:
+        logger.validation(state, final_loss, tag="final validation")
+    if is_last_rank():
+        if args.tensorboard_dir:
+            print(f" > TensorBoard logs: {os.path.abspath(args.tensorboard_dir)}", flush=True)
+        if args.save:
+            print(f" > checkpoint: {os.path.abspath(args.save)}", flush=True)
+    logger.close()
+    return final_loss
