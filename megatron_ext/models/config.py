@@ -75,5 +75,11 @@ def transformer_config(args, on_cpu: bool, mup_multipliers: dict | None = None) 
         rotary_base=args.rotary_base,
         embedding_multiplier=mup_multipliers.get("embedding", 1.0),
         logits_multiplier=mup_multipliers.get("logits", 1.0),
-        deallocate_pipeline_outputs=True,
+        # Frees a stage's output once sent. gloo sends asynchronously from the tensor's storage, so
+        # freeing it early corrupts later micro-batches on CPU; NCCL's stream ordering makes it safe.
+        deallocate_pipeline_outputs=not on_cpu,
+        # As Megatron-LM: interleaved pipelining overlaps p2p with compute and sends unbatched. Batched
+        # sends to one peer that is both previous and next stage (PP=2) can pair up crosswise.
+        overlap_p2p_comm=args.virtual_pipeline_model_parallel_size is not None,
+        batch_p2p_comm=args.virtual_pipeline_model_parallel_size is None,
     )
