@@ -117,7 +117,8 @@ def enable_cpu_redirection() -> None:
     if _CPU_MODE is not None:
         return
     cuda = torch.cuda
-    cuda.current_device = lambda: 0  # rewritten to "cpu" by the mode below
+    # A device object, not an ordinal: autograd's backward can run outside the function mode below.
+    cuda.current_device = lambda: torch.device("cpu")
     cuda.synchronize = lambda *a, **k: None
     cuda.get_rng_state = lambda *a, **k: torch.get_rng_state()
     cuda.set_rng_state = lambda state, *a, **k: torch.set_rng_state(state)

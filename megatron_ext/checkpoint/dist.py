@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
 from megatron_ext.checkpoint.paths import (LATEST_FILE, CheckpointError, iteration_dir,
                                            read_latest_iteration, write_text_atomic)
@@ -118,9 +119,13 @@ def load_checkpoint(root: str, model, optimizer, scheduler, args):
                            with_rng=with_rng)
     try:
         loaded = dist_checkpointing.load(state, path)
-    except Exception as exc:
-        raise CheckpointError(f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}. "
-                              "A shard may be truncated or missing; load an earlier iteration") from exc
+    except (Exception, CheckpointException) as exc:
+        cause = exc
+        if isinstance(exc, CheckpointException):  # failures: rank -> (exception, traceback frames)
+            cause = next(iter(exc.failures.values()), (exc,))[0]
+        raise CheckpointError(f"cannot load checkpoint {path}: {type(cause).__name__}({cause}). A shard may be "
+                              "truncated or missing: load an earlier iteration (edit "
+                              f"{LATEST_FILE}) or re-copy the checkpoint") from exc
     for i, chunk in enumerate(model):
         chunk.module.load_state_dict(loaded[f"model{i}"], strict=True)
     if with_optimizer:

@@ -1,0 +1,1 @@
+"""Tokenizers, the preprocessing library, dataset builders and the micro-batch loader."""

@@ -1,0 +1,83 @@
+"""Save, resume and reshard: a resumed run continues exactly as the uninterrupted one; a checkpoint
+saved at TP2 resumes at PP2; damaged or mismatched checkpoints fail clearly and change nothing."""
+
+import os
+import shutil
+
+import pytest
+from conftest import TINY_ARGS, read_losses, run_pretrain
+
+TOTAL, SAVED_AT = 6, 3
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """A TP2 run of TOTAL iterations that also saves at SAVED_AT (saving does not perturb training)."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    log = root / "log.jsonl"
+    run_pretrain(TINY_ARGS + ["--train-iters", TOTAL, "--tensor-model-parallel-size", 2, "--save", root / "ckpt",
+                              "--save-interval", SAVED_AT, "--log-json", log], nproc=2)
+    return root / "ckpt", read_losses(log)
+
+
+def checkpoint_at(uninterrupted, tmp_path):
+    """A copy of the iteration-SAVED_AT checkpoint, as if the run had stopped there."""
+    ckpt, _ = uninterrupted
+    copy = tmp_path / "resume_from"
+    shutil.copytree(ckpt / f"iter_{SAVED_AT:07d}", copy / f"iter_{SAVED_AT:07d}")
+    (copy / "latest_checkpointed_iteration.txt").write_text(str(SAVED_AT))
+    return copy
+
+
+def test_checkpoint_layout_on_disk(uninterrupted):
+    ckpt, _ = uninterrupted
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == str(TOTAL)
+    for iteration in (SAVED_AT, TOTAL):
+        files = os.listdir(ckpt / f"iter_{iteration:07d}")
+        assert "metadata.json" in files and "common.pt" in files
+        assert any(name.endswith(".distcp") for name in files)
+    assert not [name for name in os.listdir(ckpt) if name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("layout", [["--tensor-model-parallel-size", 2], ["--pipeline-model-parallel-size", 2]],
+                         ids=["same-layout-tp2", "resharded-to-pp2"])
+def test_resume_continues_the_uninterrupted_run(layout, uninterrupted, tmp_path):
+    _, expected = uninterrupted
+    log = tmp_path / "log.jsonl"
+    proc = run_pretrain(TINY_ARGS + ["--train-iters", TOTAL, "--load", checkpoint_at(uninterrupted, tmp_path),
+                                     "--log-json", log] + layout, nproc=2)
+    resumed = read_losses(log)
+    assert sorted(resumed) == list(range(SAVED_AT + 1, TOTAL + 1)), proc.stdout[-3000:]
+    same_layout = "--tensor-model-parallel-size" in layout
+    for it, loss in resumed.items():
+        if same_layout:  # bit-for-bit the same computation
+            assert loss == expected[it], f"iteration {it}: resumed {loss} vs uninterrupted {expected[it]}"
+        else:
+            assert loss == pytest.approx(expected[it], rel=1e-5), f"iteration {it}"
+
+
+def _snapshot(root):
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+def test_vocabulary_mismatch_fails_clearly(uninterrupted, tmp_path):
+    ckpt = checkpoint_at(uninterrupted, tmp_path)
+    before = _snapshot(ckpt)
+    proc = run_pretrain(TINY_ARGS + ["--train-iters", TOTAL, "--load", ckpt, "--save", ckpt,
+                                     "--vocab-size", 1000, "--tensor-model-parallel-size", 2],
+                        nproc=2, check=False)
+    assert proc.returncode != 0
+    assert "padded_vocab_size=512" in proc.stdout and "tokenizer" in proc.stdout
+    assert _snapshot(ckpt) == before
+
+
+def test_truncated_checkpoint_fails_clearly(uninterrupted, tmp_path):
+    ckpt = checkpoint_at(uninterrupted, tmp_path)
+    shard = next((ckpt / f"iter_{SAVED_AT:07d}").glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    before = _snapshot(ckpt)
+    proc = run_pretrain(TINY_ARGS + ["--train-iters", TOTAL, "--load", ckpt, "--save", ckpt,
+                                     "--tensor-model-parallel-size", 2], nproc=2, check=False)
+    assert proc.returncode != 0
+    assert "cannot load checkpoint" in proc.stdout and "truncated" in proc.stdout
+    assert _snapshot(ckpt) == before

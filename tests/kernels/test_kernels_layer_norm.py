@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from megatron_ext.kernels import layer_norm
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def _run(x, w, b, eps, impl, dy):
+    x = x.detach().requires_grad_()
+    w = w.detach().requires_grad_()
+    b = b.detach().requires_grad_() if b is not None else None
+    y = layer_norm(x, w, b, eps, impl=impl)
+    y.backward(dy)
+    return y, x.grad, w.grad, (b.grad if b is not None else None)
+
+
+def _compare(check, x, w, b, dtype, eps=1e-5):
+    dy = torch.randn(x.shape, dtype=dtype)
+    y, dx, dw, db = _run(x, w, b, eps, "triton", dy)
+    ref = _run(x.double(), w.double(), b.double() if b is not None else None, eps, "torch", dy.double())
+    assert y.dtype == dtype and dx.dtype == x.dtype and dw.dtype == w.dtype
+    check(y, ref[0], dtype, "y")
+    check(dx, ref[1], dtype, "dx")
+    check(dw, ref[2], dtype, "dw")
+    if b is not None:
+        assert db.dtype == b.dtype
+        check(db, ref[3], dtype, "db")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [100, 127, 320])
+@pytest.mark.parametrize("bias", [True, False])
+def test_layer_norm_fwd_bwd(check, dtype, n, bias):
+    x = torch.randn(3, 4, n, dtype=dtype) * 2 + 1.0  # nonzero mean exercises centring
+    w = torch.randn(n, dtype=dtype)
+    b = torch.randn(n, dtype=dtype) if bias else None
+    _compare(check, x, w, b, dtype)
+
+
+@pytest.mark.parametrize("n", [4096, 10922])
+def test_layer_norm_model_sizes(check, n):
+    _compare(check, torch.randn(5, n), torch.randn(n), torch.randn(n), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_layer_norm_non_contiguous(check, dtype):
+    x = torch.randn(10, 300, dtype=dtype)[:, 7 : 7 + 127]
+    assert not x.is_contiguous()
+    _compare(check, x, torch.randn(127, dtype=dtype), torch.randn(127, dtype=dtype), dtype)
+    x = torch.randn(4, 3, 100, dtype=dtype).transpose(0, 1)
+    _compare(check, x, torch.randn(100, dtype=dtype), None, dtype)
+
+
+def test_layer_norm_deterministic():
+    x = torch.randn(15, 127)
+    w, b = torch.randn(127), torch.randn(127)
+    dy = torch.randn(15, 127)
+    r1 = _run(x, w, b, 1e-5, "triton", dy)
+    r2 = _run(x, w, b, 1e-5, "triton", dy)
+    for a, c in zip(r1[1:], r2[1:]):
+        assert torch.equal(a, c)

@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from megatron_ext.kernels import rms_norm
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def _run(x, w, eps, impl, dy):
+    x = x.detach().requires_grad_()
+    w = w.detach().requires_grad_()
+    y = rms_norm(x, w, eps, impl=impl)
+    y.backward(dy)
+    return y, x.grad, w.grad
+
+
+def _compare(check, x, w, dtype, eps=1e-5):
+    dy = torch.randn(x.shape, dtype=dtype)
+    y, dx, dw = _run(x, w, eps, "triton", dy)
+    y_ref, dx_ref, dw_ref = _run(x.double(), w.double(), eps, "torch", dy.double())
+    assert y.dtype == dtype and dx.dtype == x.dtype and dw.dtype == w.dtype
+    check(y, y_ref, dtype, "y")
+    check(dx, dx_ref, dtype, "dx")
+    check(dw, dw_ref, dtype, "dw")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [100, 127, 320])
+def test_rms_norm_fwd_bwd(check, dtype, n):
+    x = torch.randn(3, 4, n, dtype=dtype) * 2 + 0.5
+    w = torch.randn(n, dtype=dtype)
+    _compare(check, x, w, dtype)
+
+
+@pytest.mark.parametrize("n", [3200, 11008])
+def test_rms_norm_model_sizes(check, n):
+    _compare(check, torch.randn(5, n), torch.randn(n), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_non_contiguous(check, dtype):
+    # Row-strided slice of a wider activation (used in place via the row stride).
+    x = torch.randn(10, 2 * 96 + 5, dtype=dtype)[:, 3 : 3 + 127]
+    assert not x.is_contiguous()
+    _compare(check, x, torch.randn(127, dtype=dtype), dtype)
+    # Transposed batch dims (not viewable as rows -> copied).
+    x = torch.randn(4, 3, 127, dtype=dtype).transpose(0, 1)
+    _compare(check, x, torch.randn(127, dtype=dtype), dtype)
+
+
+def test_rms_norm_fp32_weight_bf16_input(check):
+    x = torch.randn(12, 127, dtype=torch.bfloat16)
+    _compare(check, x, torch.randn(127), torch.bfloat16)
+
+
+def test_rms_norm_deterministic():
+    x = torch.randn(15, 127)
+    w = torch.randn(127)
+    dy = torch.randn(15, 127)
+    _, dx1, dw1 = _run(x, w, 1e-6, "triton", dy)
+    _, dx2, dw2 = _run(x, w, 1e-6, "triton", dy)
+    assert torch.equal(dw1, dw2) and torch.equal(dx1, dx2)

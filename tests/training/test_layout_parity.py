@@ -1,0 +1,58 @@
+"""Every parallel layout trains exactly like the single process: same fp32 loss at each iteration."""
+
+import subprocess
+
+import pytest
+from conftest import REPO, TINY_ARGS, free_port, read_losses, run_pretrain, test_env, torchrun_cmd
+
+ITERS = 3
+REL_TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def reference_losses(tmp_path_factory):
+    log = tmp_path_factory.mktemp("single") / "log.jsonl"
+    run_pretrain(TINY_ARGS + ["--train-iters", ITERS, "--log-json", log])
+    losses = read_losses(log)
+    assert sorted(losses) == list(range(1, ITERS + 1))
+    return losses
+
+
+def assert_same_losses(losses, reference):
+    assert sorted(losses) == sorted(reference)
+    for it, ref in reference.items():
+        assert abs(losses[it] - ref) <= REL_TOL * abs(ref), f"iteration {it}: {losses[it]} vs single {ref}"
+
+
+LAYOUTS = {
+    "tp2": (2, ["--tensor-model-parallel-size", 2]),
+    "pp2": (2, ["--pipeline-model-parallel-size", 2]),
+    "pp2-virtual": (2, ["--pipeline-model-parallel-size", 2, "--num-layers-per-virtual-pipeline-stage", 1]),
+    "dp2-distributed-optimizer": (2, ["--use-distributed-optimizer"]),
+    "tp2-sequence-parallel": (2, ["--tensor-model-parallel-size", 2, "--sequence-parallel"]),
+    "tp2xpp2": (4, ["--tensor-model-parallel-size", 2, "--pipeline-model-parallel-size", 2]),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_layout_matches_single_process(layout, reference_losses, tmp_path):
+    nproc, extra = LAYOUTS[layout]
+    log = tmp_path / "log.jsonl"
+    run_pretrain(TINY_ARGS + ["--train-iters", ITERS, "--log-json", log] + extra, nproc=nproc)
+    assert_same_losses(read_losses(log), reference_losses)
+
+
+def test_simulated_two_node_job_matches_single_process(reference_losses, tmp_path):
+    """Two torchrun agents (--nnodes 2, --node-rank 0/1) on 127.0.0.1, TP2 x PP2 across them."""
+    log = tmp_path / "log.jsonl"
+    args = [str(a) for a in TINY_ARGS + ["--train-iters", ITERS, "--log-json", log,
+                                         "--tensor-model-parallel-size", 2, "--pipeline-model-parallel-size", 2]]
+    port = free_port()
+    agents = [subprocess.Popen(torchrun_cmd(2, str(REPO / "pretrain_llama.py"), nnodes=2, node_rank=rank,
+                                            port=port) + args,
+                               cwd=REPO, env=test_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+              for rank in (0, 1)]
+    outputs = [agent.communicate(timeout=600)[0] for agent in agents]
+    for agent, out in zip(agents, outputs):
+        assert agent.returncode == 0, out[-4000:]
+    assert_same_losses(read_losses(log), reference_losses)
