@@ -1,41 +1,47 @@
-"""Standard parametrization (Megatron-LM's): how weights are drawn and which multipliers apply.
+"""How weights are drawn and which multipliers apply: standard parametrization or μP.
 
-The μP counterpart lives in the self-contained `mup` package; `build_parametrization` picks one.
-Both expose: sample(global_name, full_shape, generator, device), multipliers (embedding, logits,
-softmax_scale) and optimizer_overrides (per-parameter LR multipliers, no weight decay on gains/biases).
+Both come from the self-contained `mup` package (rules per parameter class). This module turns
+the flags into rules and exposes what the model builder, config and optimizer need.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
+from mup import MuPConfig, MuPRules, StandardRules, init_
+from mup.optimizer import mup_config_overrides
 
-_RESIDUAL_OUT = (".linear_proj.weight", ".linear_fc2.weight")
 
-
-class StandardParametrization:
-    def __init__(self, init_method_std: float, num_layers: int):
-        self.std = init_method_std
-        self.residual_std = init_method_std / math.sqrt(2.0 * num_layers)
-        self.multipliers: dict = {}
+class Parametrization:
+    def __init__(self, rules, head_dim: int):
+        self.rules = rules
+        self.multipliers = {"embedding": rules.embedding_multiplier, "logits": rules.output_multiplier,
+                            "softmax_scale": rules.softmax_scale(head_dim)}
 
     def sample(self, name: str, shape, generator, device) -> torch.Tensor:
-        if name.endswith(".bias"):
-            return torch.zeros(shape, device=device)
-        if "layernorm" in name:
-            return torch.ones(shape, device=device)
-        std = self.residual_std if name.endswith(_RESIDUAL_OUT) else self.std
-        return torch.empty(shape, device=device).normal_(0.0, std, generator=generator)
+        """The full (unsharded) fp32 tensor for parameter `name`, from `generator` alone."""
+        return init_(torch.empty(shape, device=device), name, self.rules, generator)
 
-    def optimizer_overrides(self):
-        """None: megatron-core's standard groups (no weight decay on biases and 1-D norm gains)."""
-        return None
+    def optimizer_overrides(self, optimizer_config):
+        """megatron-core config_overrides: per-class LR (μP 1/m), no weight decay on biases/gains."""
+        return mup_config_overrides(self.rules, optimizer_config)
 
 
-def build_parametrization(args):
-    if args.use_mup:
-        from megatron_ext.models.mup_bridge import MuParametrization
+def mup_config(args) -> MuPConfig:
+    shapes = dict(num_layers=args.num_layers, ffn_hidden_size=args.ffn_hidden_size,
+                  base_ffn_hidden_size=args.mup_base_ffn_hidden_size,
+                  num_attention_heads=args.num_attention_heads,
+                  base_num_attention_heads=args.mup_base_num_attention_heads, head_dim=args.kv_channels,
+                  base_init_std=args.mup_base_init_std or args.init_method_std,
+                  embeddings_scale=args.mup_embeddings_scale or 1.0, output_alpha=args.mup_output_alpha or 1.0,
+                  scale_qk_dot_by_d=bool(args.mup_scale_qk_dot_by_d), scale_adam_eps=bool(args.mup_scale_adam_eps))
+    if args.mup_base_hidden_size:
+        return MuPConfig(hidden_size=args.hidden_size, base_hidden_size=args.mup_base_hidden_size, **shapes)
+    return MuPConfig.from_width_scale(args.mup_width_scale, args.hidden_size, **shapes)
 
-        return MuParametrization(args)
-    return StandardParametrization(args.init_method_std, args.num_layers)
+
+def build_parametrization(args) -> Parametrization:
+    try:
+        rules = MuPRules(mup_config(args)) if args.use_mup else StandardRules(args.init_method_std, args.num_layers)
+    except ValueError as exc:
+        raise SystemExit(f"error: μP flags: {exc}") from exc
+    return Parametrization(rules, args.kv_channels)

@@ -8,7 +8,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron_ext.models.config import params_dtype
 
 
-def build_optimizer(args, model_chunks, config_overrides=None):
+def build_optimizer(args, model_chunks, parametrization):
     config = OptimizerConfig(
         optimizer="adam",
         lr=args.lr,
@@ -25,7 +25,8 @@ def build_optimizer(args, model_chunks, config_overrides=None):
         use_distributed_optimizer=args.use_distributed_optimizer,
         overlap_param_gather=args.overlap_param_gather,
     )
-    return get_megatron_optimizer(config, model_chunks, config_overrides=config_overrides)
+    return get_megatron_optimizer(config, model_chunks,
+                                  config_overrides=parametrization.optimizer_overrides(config))
 
 
 def build_scheduler(args, optimizer) -> OptimizerParamScheduler:

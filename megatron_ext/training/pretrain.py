@@ -47,7 +47,7 @@ def _run(args, platform) -> float | None:
     parametrization = build_parametrization(args)
     config = transformer_config(args, on_cpu=platform.is_cpu, mup_multipliers=parametrization.multipliers)
     model = build_model(config, args, vocab_size, parametrization, platform.device)
-    optimizer = build_optimizer(args, model, parametrization.optimizer_overrides())
+    optimizer = build_optimizer(args, model, parametrization)
     scheduler = build_scheduler(args, optimizer)
     connect_schedule(config, model, optimizer, args)
 

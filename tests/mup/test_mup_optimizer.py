@@ -194,7 +194,9 @@ def test_get_megatron_optimizer_end_to_end(monkeypatch):
 
     if not torch.cuda.is_available():
         monkeypatch.setattr(mcore_opt, "FP32Optimizer", InnerOnly)
-    parallel_state.initialize_model_parallel()
+    owns_parallel_state = not parallel_state.model_parallel_is_initialized()
+    if owns_parallel_state:
+        parallel_state.initialize_model_parallel()
     try:
         rules = _mup_rules()
         model = _module_tree(_gpt_param_shapes())
@@ -217,4 +219,5 @@ def test_get_megatron_optimizer_end_to_end(monkeypatch):
                 assert g["lr"] == pytest.approx(_expected_schedule(5) * rules.lr_multiplier(name))
                 assert g["weight_decay"] == (WD if rules.weight_decay_applies(name) else 0.0)
     finally:
-        parallel_state.destroy_model_parallel()
+        if owns_parallel_state:
+            parallel_state.destroy_model_parallel()
