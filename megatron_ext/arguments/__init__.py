@@ -1,7 +1,7 @@
 """Command-line flags of pretrain_llama.py: Megatron-LM's names, grouped by concern.
 
-parse_args() applies --model-preset first, so any explicit flag overrides a preset value,
-then validates the layout before any process group or model exists.
+parse_args() applies --model-preset (and, with --load, the checkpoint's model flags) as defaults,
+so any explicit flag overrides them, then validates the layout before any process group exists.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import os
 
 from megatron_ext.arguments.checkpoint import add_checkpoint_args
 from megatron_ext.arguments.data import add_data_args
+from megatron_ext.arguments.from_checkpoint import checkpoint_model_flags
 from megatron_ext.arguments.logging import add_logging_args
 from megatron_ext.arguments.model import add_model_args
 from megatron_ext.arguments.mup import add_mup_args
@@ -39,8 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None, world_size: int | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)  # unknown flags stop here with argparse's message
-    if args.model_preset:
-        parser.set_defaults(**preset(args.model_preset))
+    # Precedence: explicit flag > the model flags of the checkpoint being loaded > preset > default.
+    defaults = preset(args.model_preset) if args.model_preset else {}
+    if args.load:
+        defaults.update(checkpoint_model_flags(args.load))
+    if defaults:
+        parser.set_defaults(**defaults)
         args = parser.parse_args(argv)
     fill_defaults(args)
     if world_size is None:

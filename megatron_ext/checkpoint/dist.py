@@ -111,7 +111,8 @@ def load_checkpoint(root: str, model, optimizer, scheduler, args):
     path = iteration_dir(root, iteration)
     saved = common.get("args", {})
     check_compatible(saved, args, path)
-    weights_only = args.finetune
+    # --finetune, or a checkpoint with weights only (as tools/convert_from_hf.py writes).
+    weights_only = args.finetune or "opt_param_scheduler" not in common
     same_layout = all(saved.get(k) == getattr(args, k, None) for k in LAYOUT_KEYS)
     with_rng = same_layout and not args.no_load_rng and not weights_only
     with_optimizer = not (weights_only or args.no_load_optim)
@@ -133,6 +134,6 @@ def load_checkpoint(root: str, model, optimizer, scheduler, args):
         scheduler.load_state_dict(loaded["opt_param_scheduler"])
     if with_rng:
         restore_rng_state(loaded["rng_state"].data if hasattr(loaded["rng_state"], "data") else loaded["rng_state"])
-    if weights_only:
+    if args.finetune:
         return 0, 0
-    return common["iteration"], common["consumed_samples"]
+    return common.get("iteration", 0), common.get("consumed_samples", 0)

@@ -5,7 +5,7 @@ import os
 import shutil
 
 import pytest
-from conftest import TINY_ARGS, read_losses, run_pretrain
+from launch import TINY_ARGS, read_losses, run_pretrain
 
 TOTAL, SAVED_AT = 6, 3
 

@@ -4,7 +4,7 @@ import json
 import subprocess
 
 import pytest
-from conftest import REPO, test_env, torchrun_cmd
+from launch import REPO, test_env, torchrun_cmd
 
 ARGS = ["--model-preset", "tiny-gqa", "--mock-data", "--device", "cpu", "--train-iters", "1",
         "--global-batch-size", "4", "--seed", "7"]

@@ -3,7 +3,7 @@
 import subprocess
 
 import pytest
-from conftest import REPO, TINY_ARGS, free_port, read_losses, run_pretrain, test_env, torchrun_cmd
+from launch import REPO, TINY_ARGS, free_port, read_losses, run_pretrain, test_env, torchrun_cmd
 
 ITERS = 3
 REL_TOL = 1e-5

@@ -1,0 +1,135 @@
+"""Round trips are exact: HF -> Megatron -> HF gives bit-identical tensors, config and tokenizer;
+Megatron -> HF -> Megatron (from checkpoints pretrain_llama.py saved at TP2 and PP2, LLaMA and the
+tiny-crystal preset) gives bit-identical weights under the same keys. A converted checkpoint resumes
+in pretrain_llama.py with no model flags."""
+
+import filecmp
+import json
+import subprocess
+
+import pytest
+import torch
+from conversion_helpers import (load_common, model_tensors, random_crystal, random_llama, run_tool,
+                                stored_entries)
+from launch import REPO, test_env, torchrun_cmd
+from safetensors.torch import load_file
+
+from megatron_ext.checkpoint.convert import hf_to_megatron, megatron_to_hf
+from megatron_ext.checkpoint.hf_arch import Arch
+
+PRETRAINED = {  # name -> pretrain_llama.py flags (2 processes each)
+    "tiny-tp2": ["--model-preset", "tiny", "--tensor-model-parallel-size", 2],
+    "tiny-pp2": ["--model-preset", "tiny", "--pipeline-model-parallel-size", 2],
+    "crystal-pp2": ["--model-preset", "tiny-crystal", "--pipeline-model-parallel-size", 2],
+}
+RUN = ["--mock-data", "--device", "cpu", "--train-iters", 2, "--micro-batch-size", 1, "--global-batch-size", 2,
+       "--lr", "1e-2", "--lr-decay-style", "constant", "--log-interval", 1]
+
+
+def _launch(args: list) -> subprocess.Popen:
+    cmd = torchrun_cmd(2, str(REPO / "pretrain_llama.py")) + [str(a) for a in args]
+    return subprocess.Popen(cmd, cwd=REPO, env=test_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Checkpoints saved by pretrain_llama.py, and a run resumed from a converted HF model; all
+    launched at once (their start-up, not their compute, is what costs)."""
+    root = tmp_path_factory.mktemp("pretrain")
+    random_llama(root / "hf-llama", tied=False)
+    hf_to_megatron(str(root / "hf-llama"), str(root / "converted"), progress=False)
+    procs = {name: _launch(RUN + flags + ["--save", root / name]) for name, flags in PRETRAINED.items()}
+    procs["resumed"] = _launch(RUN + ["--load", root / "converted", "--pipeline-model-parallel-size", 2])
+    outputs = {}
+    for name, proc in procs.items():
+        outputs[name] = proc.communicate(timeout=600)[0]
+        assert proc.returncode == 0, f"{name}:\n{outputs[name][-5000:]}"
+    return root, outputs
+
+
+def _assert_same_hf(a, b) -> None:
+    """Two Hugging Face directories hold bit-identical tensors, config and tokenizer files."""
+    tensors = {}
+    for directory in (a, b):
+        files = sorted(directory.glob("*.safetensors"))
+        tensors[directory] = {k: v for f in files for k, v in load_file(f).items()}
+    ta, tb = tensors[a], tensors[b]
+    assert sorted(ta) == sorted(tb)
+    for name in ta:
+        assert ta[name].dtype == tb[name].dtype and torch.equal(ta[name], tb[name]), name
+    for name in ("config.json", "generation_config.json"):
+        if (a / name).exists():
+            assert json.loads((a / name).read_text()) == json.loads((b / name).read_text()), name
+    tokenizer = [p.name for p in a.iterdir() if p.name.startswith(("tokenizer", "special_tokens"))]
+    assert tokenizer and all(filecmp.cmp(a / n, b / n, shallow=False) for n in tokenizer), tokenizer
+
+
+def test_hf_megatron_hf_with_the_command_line_tools(tmp_path):
+    random_llama(tmp_path / "hf", tied=False)
+    run_tool("convert_from_hf", "--hf", tmp_path / "hf", "--save", tmp_path / "mg")
+    run_tool("convert_to_hf", "--load", tmp_path / "mg", "--out", tmp_path / "back", "--dtype", "fp32")
+    _assert_same_hf(tmp_path / "hf", tmp_path / "back")
+    common = load_common(tmp_path / "mg" / "iter_0000000")
+    assert common["iteration"] == 0 and "optimizer" not in common and "opt_param_scheduler" not in common
+    assert common["args"]["padded_vocab_size"] == 1024 and common["args"]["num_query_groups"] == 2
+    assert (tmp_path / "mg" / "tokenizer" / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize("kind", ["llama-tied", "crystal"])
+def test_hf_megatron_hf_is_identical(tmp_path, kind):
+    if kind == "crystal":
+        random_crystal(tmp_path / "hf")
+    else:
+        random_llama(tmp_path / "hf", tied=True, seed=3)
+    hf_to_megatron(str(tmp_path / "hf"), str(tmp_path / "mg"), progress=False)
+    megatron_to_hf(str(tmp_path / "mg"), str(tmp_path / "back"), progress=False)
+    _assert_same_hf(tmp_path / "hf", tmp_path / "back")
+
+
+def test_bf16_export_is_sharded_and_loads_in_transformers(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    random_llama(tmp_path / "hf", tied=False)
+    hf_to_megatron(str(tmp_path / "hf"), str(tmp_path / "mg"), progress=False)
+    megatron_to_hf(str(tmp_path / "mg"), str(tmp_path / "out"), dtype=torch.bfloat16, max_shard_bytes=400_000,
+                   progress=False)
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 2
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    source = load_file(tmp_path / "hf" / "model.safetensors")
+    assert model.dtype == torch.bfloat16
+    state = model.state_dict()
+    for name, tensor in source.items():
+        assert torch.equal(state[name], tensor.to(torch.bfloat16)), name
+
+
+@pytest.mark.parametrize("name", list(PRETRAINED))
+def test_megatron_hf_megatron_is_identical(runs, tmp_path, name):
+    root, _ = runs
+    original = root / name / "iter_0000002"
+    if name == "tiny-tp2":  # once through the command-line tools, the rest through the library
+        run_tool("convert_to_hf", "--load", root / name, "--out", tmp_path / "hf")
+        run_tool("convert_from_hf", "--hf", tmp_path / "hf", "--save", tmp_path / "mg")
+    else:
+        megatron_to_hf(str(root / name), str(tmp_path / "hf"), progress=False)
+        hf_to_megatron(str(tmp_path / "hf"), str(tmp_path / "mg"), progress=False)
+    converted = tmp_path / "mg" / "iter_0000000"
+    assert stored_entries(converted) == stored_entries(original)  # same keys, shapes and objects
+    before, after = model_tensors(original), model_tensors(converted)
+    vocab = load_common(original)["args"]["vocab_size"]
+    for key, tensor in before.items():
+        if key in ("embedding.word_embeddings.weight", "output_layer.weight"):
+            assert not after[key][vocab:].any(), f"{key}: padding rows are not zero"
+            tensor, after[key] = tensor[:vocab], after[key][:vocab]
+        assert torch.equal(tensor, after[key]), key
+    assert Arch.from_args(load_common(original)["args"]) == Arch.from_args(load_common(converted)["args"])
+
+
+def test_converted_checkpoint_resumes_without_model_flags(runs):
+    _, outputs = runs
+    log = outputs["resumed"]
+    assert "iteration        1/       2" in log and "iteration        2/       2" in log, log[-3000:]
+    losses = [float(line.split("lm loss:")[1].split("|")[0]) for line in log.splitlines() if "lm loss:" in line]
+    # A random model over 1000 tokens: about ln(1000) = 6.9 (a garbled load would not be this close).
+    assert len(losses) == 2 and abs(losses[0] - 6.9) < 0.3, losses
