@@ -95,8 +95,7 @@ class TorchDistWriter:
     def __init__(self, directory: str):
         self.directory = directory
 
-    def save(self, groups: list[Group], produce, dtype: torch.dtype, num_layers: int, common: dict,
-             on_group=None) -> None:
+    def save(self, groups: list[Group], produce, dtype: torch.dtype, num_layers: int, common: dict) -> None:
         """produce(group) -> {Megatron name: tensor} for exactly group.shapes (checked)."""
         items, source = [], {}
         for group in groups:
@@ -121,8 +120,6 @@ class TorchDistWriter:
             group, name = source[item.index]
             if group.name not in cache:
                 cache[group.name] = self._checked(group, produce(group), dtype)
-                if on_group:
-                    on_group(group)
             tensors = cache[group.name]
             tensor = tensors.pop(name)
             if not tensors:
@@ -333,9 +330,13 @@ def hf_to_megatron(hf_dir: str, save: str, model_format: str | None = None, over
             print(f"warning: no tokenizer files in {hf_dir}; the checkpoint has none", file=sys.stderr)
         common = {"iteration": 0, "consumed_samples": 0, "checkpoint_version": 1, "args": args}
         with _progress(len(groups), "HF -> Megatron", progress) as bar:
-            TorchDistWriter(iteration_dir(tmp, 0)).save(
-                groups, lambda group: fmt.to_megatron(group, arch, weights.get), dtype, arch.num_layers, common,
-                on_group=lambda group: bar.update(1))
+            def produce(group):
+                tensors = fmt.to_megatron(group, arch, weights.get)
+                weights.release()  # a group at a time: do not keep every page read so far mapped
+                bar.update(1)
+                return tensors
+
+            TorchDistWriter(iteration_dir(tmp, 0)).save(groups, produce, dtype, arch.num_layers, common)
         write_text_atomic(os.path.join(tmp, LATEST_FILE), "0")
     return iteration_dir(os.path.abspath(save), 0)
 

@@ -109,6 +109,12 @@ class HFWeights:
                 self._open[file] = _load_bin(path)
         return self._open[file]
 
+    def release(self) -> None:
+        """Close the open files. Tensors read so far stay valid (safetensors copies them out, and a
+        mapped .bin stays mapped while its tensors live); the file pages they were read through no
+        longer count as this process's memory."""
+        self._open.clear()
+
     def get(self, name: str) -> torch.Tensor:
         if name not in self._file_of:
             raise ConversionError(f"tensor {name} is not in the checkpoint {self.directory}. The weights do not "

@@ -10,6 +10,17 @@ import torch
 from megatron_ext import kernels
 
 
+def apex_norm_functions():
+    """apex's fused (rms_norm_affine, layer_norm_affine); optional, used with --norm-impl apex."""
+    try:
+        from apex.normalization.fused_layer_norm import fused_layer_norm_affine, fused_rms_norm_affine
+    except ImportError as exc:
+        raise RuntimeError("--norm-impl apex needs NVIDIA apex built with its CUDA extensions "
+                           "(github.com/NVIDIA/apex; the PyPI package 'apex' is unrelated); "
+                           "or use --norm-impl kernels") from exc
+    return fused_rms_norm_affine, fused_layer_norm_affine
+
+
 class Norm(torch.nn.Module):
     def __init__(self, config, hidden_size: int, eps: float = 1e-5):
         super().__init__()
@@ -23,8 +34,15 @@ class Norm(torch.nn.Module):
         for param in (self.weight, self.bias):
             if param is not None:
                 param.sequence_parallel = config.sequence_parallel
+        self.apex = apex_norm_functions() if config.norm_impl == "apex" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.apex:
+            rms_fn, layer_fn = self.apex
+            shape = self.weight.shape
+            if self.rms:
+                return rms_fn(x, self.weight, shape, self.eps)
+            return layer_fn(x, self.weight, self.bias, shape, self.eps)
         impl = self.config.kernel_impl
         if self.rms:
             return kernels.rms_norm(x, self.weight, self.eps, impl=impl)

@@ -15,6 +15,7 @@ class LlamaConfig(TransformerConfig):
 
     kernel_impl: str | None = None          # None: Triton on CUDA, torch reference on CPU
     attention_kernel: str = "auto"          # auto | flash | sdpa
+    norm_impl: str = "kernels"              # kernels (megatron_ext.kernels) | apex
     rotary_percent: float = 1.0
     rotary_base: float = 10000.0
     layernorm_bias: bool = True             # LayerNorm only; RMSNorm has no bias
@@ -71,6 +72,7 @@ def transformer_config(args, on_cpu: bool, mup_multipliers: dict | None = None) 
         softmax_scale=mup_multipliers.get("softmax_scale"),
         kernel_impl=None if args.kernels == "auto" else args.kernels,
         attention_kernel=args.attention_backend,
+        norm_impl=args.norm_impl,
         rotary_percent=args.rotary_percent,
         rotary_base=args.rotary_base,
         embedding_multiplier=mup_multipliers.get("embedding", 1.0),

@@ -61,3 +61,9 @@ def test_impossible_layout_under_torchrun_writes_nothing(tmp_path):
     assert proc.returncode != 0
     assert "--num-attention-heads 3 is not divisible by --tensor-model-parallel-size 2" in proc.stdout
     assert not save.exists()
+
+
+def test_apex_norms_without_apex_are_named(tmp_path):
+    proc = run_pretrain(TINY_ARGS + ["--train-iters", 1, "--norm-impl", "apex"], check=False)
+    assert proc.returncode != 0
+    assert "--norm-impl apex needs NVIDIA apex" in proc.stdout
