@@ -33,6 +33,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--make-vocab-size-divisible-by", type=int, default=128,
                    help="pad the vocabulary to this multiple (independent of TP so layouts interchange)")
     g.add_argument("--init-method-std", type=float)
+    g.add_argument("--layer-spec", choices=["llama", "megatron-local"], default="llama",
+                   help="llama: this project's modules and kernels; megatron-local: megatron-core's stock "
+                        "local spec (a baseline for benchmarks)")
     g.add_argument("--kernels", choices=["auto", "triton", "torch"], default="auto",
                    help="fused Triton kernels (auto: Triton on CUDA, torch reference on CPU)")
     g.add_argument("--norm-impl", choices=["kernels", "apex"], default="kernels")

@@ -223,7 +223,7 @@ class SafetensorsStreamWriter:
         if shard != self._file_index:
             self._open_shard(shard)
         data = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8)
-        self._file.write(data.numpy().tobytes())
+        self._file.write(memoryview(data.numpy()))  # no intermediate bytes copy
         self._position += 1
 
     def close(self) -> None:

@@ -10,7 +10,7 @@ from megatron.core.distributed import DistributedDataParallel, DistributedDataPa
 from megatron.core.models.gpt import GPTModel
 
 from megatron_ext.models.init import initialize_parameters
-from megatron_ext.models.spec import llama_block_spec
+from megatron_ext.models.spec import llama_block_spec, megatron_local_block_spec
 
 
 def padded_vocab_size(vocab_size: int, multiple: int) -> int:
@@ -26,15 +26,18 @@ def _scale_output(scale: float):
 
 def build_gpt_chunk(config, args, vocab_size: int, vp_stage: int | None) -> GPTModel:
     """One virtual-pipeline chunk (or the whole stage when vp_stage is None), unwrapped."""
+    stock = args.layer_spec == "megatron-local"
     model = GPTModel(
         config=config,
-        transformer_layer_spec=llama_block_spec(config, vp_stage),
+        transformer_layer_spec=megatron_local_block_spec(config, vp_stage) if stock else llama_block_spec(config, vp_stage),
         vocab_size=padded_vocab_size(vocab_size, args.make_vocab_size_divisible_by),
         max_sequence_length=args.max_position_embeddings,
         pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
         post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
         share_embeddings_and_output_weights=args.tie_embeddings,
-        position_embedding_type="none",  # RoPE lives in RotaryCoreAttention
+        position_embedding_type="rope" if stock else "none",  # ours: RoPE lives in RotaryCoreAttention
+        rotary_percent=args.rotary_percent,
+        rotary_base=int(args.rotary_base),
         vp_stage=vp_stage,
     )
     model.true_vocab_size = vocab_size

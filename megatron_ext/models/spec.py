@@ -3,6 +3,7 @@ attention and SwiGLU MLP. Swap a part by naming another class here, not by forki
 
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
@@ -46,3 +47,13 @@ def llama_block_spec(config, vp_stage=None, layer_spec: ModuleSpec | None = None
     num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
     return ModuleSpec(module=TransformerBlock,
                       submodules=TransformerBlockSubmodules(layer_specs=[layer_spec] * num_layers, layer_norm=norm))
+
+
+def megatron_local_block_spec(config, vp_stage=None) -> ModuleSpec:
+    """megatron-core's stock local spec (its own norm, unfused attention with a mask, RoPE outside the
+    core attention): the baseline benchmarks/train_throughput.py compares against."""
+    layer_spec = get_gpt_layer_local_spec(normalization=config.normalization)
+    num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
+    return ModuleSpec(module=TransformerBlock,
+                      submodules=TransformerBlockSubmodules(layer_specs=[layer_spec] * num_layers,
+                                                            layer_norm=layer_spec.submodules.input_layernorm))

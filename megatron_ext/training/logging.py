@@ -14,7 +14,6 @@ class TrainLogger:
         self.writes = writes  # only the last rank (it holds the loss) prints and writes
         self.flops_per_iteration = training_flops_per_iteration(args, vocab_size)
         self.peak = peak_tflops(args, device)
-        self.world_size = None
         self.writer = None
         if writes and args.tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
@@ -52,6 +51,8 @@ class TrainLogger:
                        "tflops-per-device": tflops}
             if grad_norm is not None:
                 scalars["grad-norm"] = grad_norm
+            if self.peak:
+                scalars["mfu-percent"] = 100.0 * tflops / self.peak
             self._write(scalars, state, extra={"elapsed_ms": elapsed * 1000})
         self.start_window()
 
