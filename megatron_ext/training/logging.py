@@ -20,15 +20,22 @@ class TrainLogger:
             self.writer = SummaryWriter(log_dir=args.tensorboard_dir)
         self._window_start = time.perf_counter()
         self._window_iters = 0
+        self._losses: list[float] = []
 
     def start_window(self):
+        """Timing restarts after evaluation and saving, so throughput counts training steps only."""
         self._window_start, self._window_iters = time.perf_counter(), 0
 
-    def training_step(self, state, loss: float, lr: float, grad_norm, loss_scale, world_size: int):
+    def training_step(self, state, loss: float | None, lr: float, grad_norm, loss_scale, world_size: int):
+        """loss is None off the last pipeline stage. The logged loss averages the logging interval."""
         self._window_iters += 1
+        if loss is not None:
+            self._losses.append(loss)
         args = self.args
         if state.iteration % args.log_interval and state.iteration != args.train_iters:
             return
+        loss = sum(self._losses) / len(self._losses) if self._losses else float("nan")
+        self._losses = []
         elapsed = (time.perf_counter() - self._window_start) / max(self._window_iters, 1)
         tokens_per_s = args.global_batch_size * args.seq_length / elapsed
         tflops = self.flops_per_iteration / elapsed / world_size / 1e12
