@@ -430,13 +430,14 @@ def _export_tokenizer(root: str, args: dict, out: str) -> None:
 
 
 def _sentencepiece_tokenizer(model: str, out: str) -> list[str]:
-    """A LLaMA-style tokenizer from the run's SentencePiece .model (as LLaMA checkpoints ship theirs)."""
+    """The run's SentencePiece .model as LLaMA checkpoints ship it: tokenizer.model, plus the
+    tokenizer.json/tokenizer_config.json transformers converts it to (so AutoTokenizer loads it)."""
+    shutil.copy2(model, os.path.join(out, "tokenizer.model"))
     try:
         from transformers import LlamaTokenizer
 
-        LlamaTokenizer(vocab_file=model).save_pretrained(out)
-    except Exception as exc:  # keep the raw model: consumers can still build a tokenizer from it
-        print(f"warning: could not build a transformers tokenizer from {model} ({exc}); copied it as "
-              "tokenizer.model", file=sys.stderr)
-        shutil.copy2(model, os.path.join(out, "tokenizer.model"))
+        LlamaTokenizer.from_pretrained(out).save_pretrained(out)
+    except Exception as exc:  # tokenizer.model alone still serves SentencePiece users
+        print(f"warning: transformers could not convert {model} ({exc}); the export has tokenizer.model only",
+              file=sys.stderr)
     return ["tokenizer.model"]

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
 from megatron_ext.checkpoint.paths import (LATEST_FILE, CheckpointError, iteration_dir,
                                            read_latest_iteration, write_text_atomic)
 from megatron_ext.checkpoint.rng import capture_rng_state, restore_rng_state
 
-OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_sharded_model_space", "chained_optim_avoid_prefix": True}
+# fully_reshardable: the distributed optimizer's state in canonical per-parameter form, so it reshards
+# across TP, PP and DP (0.16.1's default, fully_sharded_model_space, is deprecated and fails to save).
+OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable", "chained_optim_avoid_prefix": True}
 # Flags that fix tensor shapes or semantics: a checkpoint loads only if these agree.
 MODEL_KEYS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
               "kv_channels", "normalization", "add_bias_linear", "add_qkv_bias", "tie_embeddings",
@@ -43,8 +47,42 @@ def _rng_object(rng_state) -> ShardedObject:
                          replica_id=parallel_state.get_data_parallel_rank(with_context_parallel=True))
 
 
+def _allocate_distributed_optimizer_state(optimizer) -> None:
+    """A fresh distributed optimizer has no Adam state yet; megatron-core 0.16.1 needs it allocated
+    (any values: the load overwrites them) before it can describe what to load."""
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if isinstance(inner, DistributedOptimizer) and not inner.optimizer.state:
+            inner._init_optimizer_states_with_dummy_values()
+
+
+@contextmanager
+def _distributed_optimizer_step_fix():
+    """megatron-core 0.16.1 bug with torch's Adam (no apex/TE): loading fully_reshardable state copies
+    every key of the live Adam state, including 'step', from a source that never has 'step' (it restores
+    step separately) -> KeyError. Hide 'step' during that copy; megatron has already set it."""
+    original = DistributedOptimizer._set_main_param_and_optimizer_states
+
+    def set_states_keeping_step(self, model_param, tensors):
+        group_index, group_order = self.model_param_group_index_map[model_param]
+        state = self.optimizer.state[self.optimizer.param_groups[group_index]["params"][group_order]]
+        step = state.pop("step", None) if "step" not in tensors else None
+        try:
+            original(self, model_param, tensors)
+        finally:
+            if step is not None:
+                state["step"] = step
+
+    DistributedOptimizer._set_main_param_and_optimizer_states = set_states_keeping_step
+    try:
+        yield
+    finally:
+        DistributedOptimizer._set_main_param_and_optimizer_states = original
+
+
 def _sharded_state(model, optimizer, scheduler, *, is_loading: bool, with_optimizer: bool, with_rng: bool):
     state = {f"model{i}": chunk.module.sharded_state_dict() for i, chunk in enumerate(model)}
+    if with_optimizer and is_loading:
+        _allocate_distributed_optimizer_state(optimizer)
     if with_optimizer:
         state["optimizer"] = optimizer.sharded_state_dict(dict(state), is_loading=is_loading,
                                                           metadata=OPTIM_METADATA)
@@ -130,7 +168,8 @@ def load_checkpoint(root: str, model, optimizer, scheduler, args):
     for i, chunk in enumerate(model):
         chunk.module.load_state_dict(loaded[f"model{i}"], strict=True)
     if with_optimizer:
-        optimizer.load_state_dict(loaded["optimizer"])
+        with _distributed_optimizer_step_fix():
+            optimizer.load_state_dict(loaded["optimizer"])
         scheduler.load_state_dict(loaded["opt_param_scheduler"])
     if with_rng:
         restore_rng_state(loaded["rng_state"].data if hasattr(loaded["rng_state"], "data") else loaded["rng_state"])

@@ -13,7 +13,9 @@ def build_vocab(args):
         return None, args.vocab_size
     from megatron_ext.data.tokenizers import build_tokenizer
 
-    tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
+    tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size,
+                                special_tokens=getattr(args, "special_tokens", None),
+                                vocab_pad_to=getattr(args, "vocab_pad_to", None))
     return tokenizer, tokenizer.vocab_size
 
 
@@ -30,6 +32,27 @@ def build_datasets(args, tokenizer, vocab_size: int):
         return MockGPTDataset(train_samples, args.seq_length, vocab_size, args.seed), valid
     from megatron_ext.data.datasets import build_gpt_datasets
 
+    fim_rates = _fim_rates(args)
     train, valid, _ = build_gpt_datasets(args.data_path, args.split, args.seq_length, args.seed, tokenizer,
                                          (train_samples, valid_samples, 0), data_cache_path=args.data_cache_path)
+    if fim_rates:
+        # FIM wraps the blend: a sample's dataset_id is its source's index in the
+        # mix (blend order), so each source gets its own rates.  Validation is
+        # transformed too (other seed), so its loss measures the same task.
+        from megatron_ext.data.fim import wrap_with_fim
+
+        train = wrap_with_fim(train, fim_rates, tokenizer, args.seed, args.fim_split)
+        valid = wrap_with_fim(valid, fim_rates, tokenizer, args.seed + 1, args.fim_split)
     return train, (valid if valid_samples else None)
+
+
+def _fim_rates(args):
+    """Per-source FIM rates from --data-mix (None without a mix)."""
+    if not getattr(args, "data_mix", None):
+        return None
+    from megatron_ext.data.datamix import load_data_mix
+
+    mix = load_data_mix(args.data_mix)
+    if list(args.data_path) != mix.data_path():
+        raise SystemExit("error: --data-mix and --data-path are alternatives: give one")
+    return mix.fim_rates()

@@ -1,18 +1,28 @@
-"""JSONL documents -> Megatron indexed datasets (.bin/.idx), as Megatron-LM's
+"""Documents -> Megatron indexed datasets (.bin/.idx), as Megatron-LM's
 tools/preprocess_data.py does, with megatron-core's IndexedDatasetBuilder.
 
-One output per JSON key: ``{output_prefix}_{key}_document.bin/.idx``; each
-input line becomes one document (one sequence), optionally followed by EOD.
-Empty documents are skipped (a zero-length sequence carries no tokens).
+Inputs: ``.jsonl``, ``.jsonl.gz`` (one JSON object a line) and ``.parquet``
+(one row a document).  One output per key: ``{output_prefix}_{key}_document.bin/.idx``;
+each record becomes one document (one sequence), optionally followed by EOD.
+
+Built for corpora larger than memory: the input is streamed in batches and at
+most a few batches per worker are in flight, results are written in input
+order (so the output is byte-identical whatever the worker count).  Bad
+records (invalid JSON, missing key, text that is not a string, empty text) are
+skipped, counted and reported with their line (row) numbers; ``strict`` makes
+the first one fatal.  If no record at all is usable the run fails with the
+first problem (typically a wrong --json-keys).
 """
 
 from __future__ import annotations
 
+import collections
+import gzip
 import json
 import multiprocessing
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy
@@ -33,48 +43,138 @@ def output_prefix_for(output_prefix: str, key: str) -> str:
 class PreprocessStats:
     documents: int = 0
     skipped_empty: int = 0
+    bad: int = 0  # invalid JSON, missing key, non-string text (empty text counts in skipped_empty)
     tokens: int = 0
     seconds: float = 0.0
+    # (line or row number, reason) of the first problems, for the report.
+    problems: list = field(default_factory=list)
+
+
+MAX_REPORTED_PROBLEMS = 20
+INPUT_FORMATS = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
+_BATCH_RECORDS = 256  # records per worker task: amortises inter-process overhead
+_EMPTY = "empty text"
 
 
 # --- worker side -------------------------------------------------------------
 # Workers build their own tokenizer once (tokenizer objects wrap native handles
-# that are not worth pickling per task) and encode one line at a time.
+# that are not worth pickling per task) and encode a batch of records per task.
 
 _worker = {}
 
 
-def _init_worker(tokenizer_args: tuple, json_keys: Sequence[str], append_eod: bool) -> None:
-    tokenizer = build_tokenizer(*tokenizer_args)
+def _init_worker(tokenizer_args: tuple, tokenizer_kwargs: dict, json_keys: Sequence[str],
+                 append_eod: bool) -> None:
+    tokenizer = build_tokenizer(*tokenizer_args, **tokenizer_kwargs)
     _worker.update(tokenizer=tokenizer, keys=tuple(json_keys), append_eod=append_eod,
                    eod=tokenizer.eod if append_eod else None)
 
 
-def _encode(item: tuple[int, bytes]) -> tuple[int, int, dict]:
-    """(line number, raw line) -> (line number, raw length, {key: ids or error})."""
-    lineno, raw = item
+def _parse(raw) -> tuple[dict | None, str | None]:
+    if isinstance(raw, dict):  # parquet rows arrive parsed
+        return raw, None
     if not raw.strip():
-        return lineno, len(raw), {}
+        return None, None  # blank line: not a record
     try:
         doc = json.loads(raw)
-    except json.JSONDecodeError as err:
-        return lineno, len(raw), {"__error__": f"not valid JSON ({err})"}
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return None, f"not valid JSON ({err})"
+    if not isinstance(doc, dict):
+        return None, f"not a JSON object ({type(doc).__name__})"
+    return doc, None
+
+
+def _encode(item: tuple[int, object]) -> tuple[int, int, dict]:
+    """(line number, raw line or row) -> (line number, size, {key: ids} or {"__error__": why})."""
+    lineno, raw = item
+    size = len(raw) if isinstance(raw, bytes) else 1
+    doc, error = _parse(raw)
+    if error:
+        return lineno, size, {"__error__": error}
+    if doc is None:
+        return lineno, size, {}
     out = {}
     for key in _worker["keys"]:
-        if not isinstance(doc, dict) or key not in doc:
-            present = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
-            return lineno, len(raw), {
-                "__error__": f"no key {key!r} (present: {present}); choose with --json-keys"}
-        ids = _worker["tokenizer"].tokenize(doc[key])
+        if key not in doc:
+            return lineno, size, {
+                "__error__": f"no key {key!r} (present: {sorted(doc)}); choose with --json-keys"}
+        text = doc[key]
+        if not isinstance(text, str):
+            return lineno, size, {"__error__": f"{key!r} is {type(text).__name__}, not a string"}
+        ids = _worker["tokenizer"].tokenize(text)
         if _worker["append_eod"] and ids:
             ids.append(_worker["eod"])
         out[key] = numpy.asarray(ids, dtype=numpy.int64)
-    return lineno, len(raw), out
+    return lineno, size, out
 
 
-def _numbered_lines(path: str) -> Iterator[tuple[int, bytes]]:
-    with open(path, "rb") as f:
-        yield from enumerate(f, 1)
+def _encode_batch(batch: list) -> list:
+    return [_encode(item) for item in batch]
+
+
+# --- reading -----------------------------------------------------------------
+
+def _input_format(path: str) -> str:
+    for fmt in sorted(INPUT_FORMATS, key=len, reverse=True):
+        if path.endswith(fmt):
+            return fmt
+    raise PreprocessError(f"--input {path}: unknown format; expected one of {INPUT_FORMATS}")
+
+
+class _Reader:
+    """Streams (number, record) batches and tells how far through the file it is
+    (bytes of the file on disk, or rows for parquet) for the progress bar."""
+
+    def __init__(self, path: str, json_keys: Sequence[str]):
+        self.path, self.keys, self.format = path, list(json_keys), _input_format(path)
+        if self.format == ".parquet":
+            import pyarrow.parquet as pq
+
+            self._pq = pq.ParquetFile(path)
+            self.total = self._pq.metadata.num_rows
+            missing = [k for k in self.keys if k not in self._pq.schema_arrow.names]
+            if missing:
+                raise PreprocessError(f"{path}: no column {missing[0]!r} (present: "
+                                      f"{self._pq.schema_arrow.names}); choose with --json-keys")
+        else:
+            self.total = os.path.getsize(path)
+        self._raw = None
+
+    def position(self) -> int:
+        return self._raw.tell() if self._raw is not None and not self._raw.closed else 0
+
+    def batches(self) -> Iterator[list]:
+        if self.format == ".parquet":
+            row = 0
+            for rb in self._pq.iter_batches(batch_size=_BATCH_RECORDS, columns=self.keys):
+                rows = rb.to_pylist()
+                yield [(row + i + 1, r) for i, r in enumerate(rows)]
+                row += len(rows)
+            return
+        with open(self.path, "rb") as raw:
+            self._raw = raw
+            f = gzip.GzipFile(fileobj=raw) if self.format.endswith(".gz") else raw
+            batch = []
+            for item in enumerate(f, 1):
+                batch.append(item)
+                if len(batch) == _BATCH_RECORDS:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+
+
+def _ordered_results(pool, batches: Iterator[list], max_in_flight: int) -> Iterator:
+    """Like pool.imap(_encode_batch, batches) but reads ahead at most
+    max_in_flight batches: imap's feeder thread would pull the whole input into
+    memory when the workers are slower than reading."""
+    pending = collections.deque()
+    for batch in batches:
+        pending.append(pool.apply_async(_encode_batch, (batch,)))
+        if len(pending) >= max_in_flight:
+            yield from pending.popleft().get()
+    while pending:
+        yield from pending.popleft().get()
 
 
 # --- driver ------------------------------------------------------------------
@@ -83,8 +183,10 @@ def preprocess_jsonl(input_path: str, output_prefix: str, json_keys: Sequence[st
                      tokenizer_type: str = "SentencePieceTokenizer",
                      tokenizer_model: str | None = None, vocab_size: int | None = None,
                      append_eod: bool = False, workers: int = 1, overwrite: bool = False,
-                     progress: bool = True) -> tuple[dict[str, str], PreprocessStats]:
-    """Tokenize every line of a JSONL file into one indexed dataset per key.
+                     progress: bool = True, strict: bool = False, special_tokens=None,
+                     vocab_pad_to: int | None = None) -> tuple[dict[str, str], PreprocessStats]:
+    """Tokenize every record of a .jsonl/.jsonl.gz/.parquet file into one indexed
+    dataset per key.
 
     Returns ({key: dataset prefix}, stats).  Output is byte-identical for any
     ``workers`` (results are consumed in input order).  Files are written under
@@ -101,10 +203,12 @@ def preprocess_jsonl(input_path: str, output_prefix: str, json_keys: Sequence[st
         raise PreprocessError("--json-keys needs at least one key")
     workers = max(1, int(workers))
     tokenizer_args = (tokenizer_type, tokenizer_model, vocab_size)
+    tokenizer_kwargs = {"special_tokens": special_tokens, "vocab_pad_to": vocab_pad_to}
     # Built here too: fails fast on a bad --tokenizer-model before any worker
     # starts, and gives the vocab size that picks the token dtype.
-    tokenizer = build_tokenizer(*tokenizer_args)
+    tokenizer = build_tokenizer(*tokenizer_args, **tokenizer_kwargs)
     dtype = DType.optimal_dtype(tokenizer.vocab_size)  # uint16 below 65500 ids, else int32
+    reader = _Reader(input_path, json_keys)
 
     prefixes = {key: output_prefix_for(output_prefix, key) for key in json_keys}
     finals = {key: (get_bin_path(p), get_idx_path(p)) for key, p in prefixes.items()}
@@ -119,35 +223,53 @@ def preprocess_jsonl(input_path: str, output_prefix: str, json_keys: Sequence[st
     t0 = time.time()
     pool = None
     builders = {}
+
+    def problem(lineno: int, why: str) -> None:
+        if strict:
+            raise PreprocessError(f"{input_path}:{lineno}: {why} (--strict)")
+        if len(stats.problems) < MAX_REPORTED_PROBLEMS:
+            stats.problems.append((lineno, why))
+
     try:
         builders = {key: IndexedDatasetBuilder(temps[key][0], dtype=dtype) for key in json_keys}
-        lines = _numbered_lines(input_path)
         if workers == 1:
-            _init_worker(tokenizer_args, json_keys, append_eod)
-            results = map(_encode, lines)
+            _init_worker(tokenizer_args, tokenizer_kwargs, json_keys, append_eod)
+            results = (r for batch in reader.batches() for r in _encode_batch(batch))
         else:
             pool = multiprocessing.Pool(workers, initializer=_init_worker,
-                                        initargs=(tokenizer_args, json_keys, append_eod))
-            # imap (not imap_unordered) keeps input order: identical output
-            # whatever the worker count.
-            results = pool.imap(_encode, lines, chunksize=32)
-        bar = tqdm(total=os.path.getsize(input_path), unit="B", unit_scale=True,
+                                        initargs=(tokenizer_args, tokenizer_kwargs, json_keys,
+                                                  append_eod))
+            results = _ordered_results(pool, reader.batches(), max_in_flight=4 * workers)
+        by_rows = reader.format == ".parquet"
+        bar = tqdm(total=reader.total, unit="row" if by_rows else "B", unit_scale=True,
                    desc=f"tokenizing {os.path.basename(input_path)}", disable=not progress)
         with bar:
-            for lineno, nbytes, encoded in results:
-                bar.update(nbytes)
+            for n, (lineno, size, encoded) in enumerate(results):
+                if n % 1024 == 0 and progress:
+                    bar.n = lineno if by_rows else reader.position()  # compressed bytes for .gz
+                    rate = stats.tokens / max(time.time() - t0, 1e-9)
+                    bar.set_postfix_str(f"{rate:,.0f} tokens/s", refresh=False)
+                    bar.refresh()
                 if "__error__" in encoded:
-                    raise PreprocessError(f"{input_path}:{lineno}: {encoded['__error__']}")
+                    stats.bad += 1
+                    problem(lineno, encoded["__error__"])
+                    continue
                 if not encoded:
                     continue  # blank line
                 if any(len(ids) == 0 for ids in encoded.values()):
                     # Skipped for every key, so the outputs stay aligned by document.
                     stats.skipped_empty += 1
+                    problem(lineno, _EMPTY)
                     continue
                 for key, ids in encoded.items():
                     builders[key].add_document(ids, [len(ids)])
                     stats.tokens += len(ids)
                 stats.documents += 1
+            bar.n = reader.total
+        if stats.documents == 0 and stats.bad:
+            lineno, why = stats.problems[0]
+            raise PreprocessError(f"{input_path}:{lineno}: {why} (and every other record "
+                                  f"was unusable too: {stats.bad} bad)")
         for key, builder in builders.items():
             builder.finalize(temps[key][1])
         for key in json_keys:
@@ -165,3 +287,15 @@ def preprocess_jsonl(input_path: str, output_prefix: str, json_keys: Sequence[st
                     os.remove(tmp)
     stats.seconds = time.time() - t0
     return prefixes, stats
+
+
+def format_problems(input_path: str, stats: PreprocessStats) -> str:
+    """Human report of skipped records ("" when none)."""
+    skipped = stats.bad + stats.skipped_empty
+    if not skipped:
+        return ""
+    lines = [f"skipped {skipped} records ({stats.bad} bad, {stats.skipped_empty} empty text):"]
+    lines += [f"  {input_path}:{n}: {why}" for n, why in stats.problems]
+    if skipped > len(stats.problems):
+        lines.append(f"  ... {skipped - len(stats.problems)} more")
+    return "\n".join(lines)

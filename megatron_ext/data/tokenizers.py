@@ -221,19 +221,145 @@ class NullTokenizer(_Tokenizer):
         return " ".join(str(int(i)) for i in ids)
 
 
+# LLM360 Crystal's additions to the LLaMA vocabulary, at ids 32000-32021 in this
+# order; the vocabulary is then padded to 32032 (a multiple of 32).
+CRYSTAL_SPECIAL_TOKENS = (
+    "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|filename|>",
+    "<|gh_stars|>", "<|issue_start|>", "<|issue_comment|>", "<|issue_closed|>",
+    "<|jupyter_start|>", "<|jupyter_text|>", "<|jupyter_code|>", "<|jupyter_output|>",
+    "<|empty_output|>", "<|commit_before|>", "<|commit_msg|>", "<|commit_after|>",
+    "<|reponame|>", "<|im_start|>", "<|im_end|>", "<|sys_start|>", "<|sys_end|>",
+)
+SPECIAL_TOKEN_SETS = {"crystal": CRYSTAL_SPECIAL_TOKENS}
+# Default padding multiple with added special tokens: 32000 + 22 -> 32032 as Crystal.
+SPECIAL_TOKENS_PAD_MULTIPLE = 32
+
+
+def resolve_special_tokens(spec) -> tuple[str, ...]:
+    """"crystal", a comma-separated list, or a sequence of token strings."""
+    if not spec:
+        return ()
+    if isinstance(spec, str):
+        if spec in SPECIAL_TOKEN_SETS:
+            return SPECIAL_TOKEN_SETS[spec]
+        spec = [t for t in spec.split(",") if t]
+    tokens = tuple(spec)
+    if len(set(tokens)) != len(tokens):
+        raise ValueError(f"--special-tokens has duplicates: {tokens}")
+    return tokens
+
+
+class SpecialTokensTokenizer(_Tokenizer):
+    """A base tokenizer plus special tokens whose ids continue after its vocabulary,
+    and a vocabulary padded to ``vocab_size`` (unused ids at the end).
+
+    A special token written in text is encoded as its single id (the text between
+    specials goes through the base tokenizer), so preprocessing and chat data see
+    exactly what the model's embedding rows are.  The reported ``vocab_size`` is
+    the padded one, so the model's embedding matches the tokenizer Crystal used.
+    """
+
+    def __init__(self, base: _Tokenizer, special_tokens, vocab_size: int | None = None,
+                 pad_multiple: int = SPECIAL_TOKENS_PAD_MULTIPLE) -> None:
+        import re
+
+        tokens = resolve_special_tokens(special_tokens)
+        base_vocab = base.vocab_size
+        # A token the base vocabulary already has (e.g. a HF tokenizer saved with
+        # them) keeps its id instead of getting a second one.
+        known = base.vocab if isinstance(base, HuggingFaceTokenizer) else {}
+        self.special_token_ids = {}
+        next_id = base_vocab
+        for t in tokens:
+            if t in known:
+                self.special_token_ids[t] = known[t]
+            else:
+                self.special_token_ids[t] = next_id
+                next_id += 1
+        needed = next_id
+        if vocab_size is None:
+            vocab_size = -(-needed // pad_multiple) * pad_multiple if tokens else needed
+        if vocab_size < needed:
+            raise ValueError(f"--vocab-pad-to {vocab_size} is smaller than the {base_vocab} base "
+                             f"ids plus {needed - base_vocab} special tokens ({needed})")
+        # The dataset cache key must change when the specials or padding do.
+        specials_hash = hashlib.sha256("|".join(tokens).encode()).hexdigest()[:8]
+        super().__init__(base.path, f"{base._fingerprint}+{specials_hash}+{vocab_size}")
+        self.base, self._vocab_size = base, int(vocab_size)
+        self._id_to_token = {i: t for t, i in self.special_token_ids.items()}
+        # Longest first, so a token that is a prefix of another does not win.
+        alternatives = sorted(self.special_token_ids, key=len, reverse=True)
+        self._pattern = re.compile("(" + "|".join(map(re.escape, alternatives)) + ")") if tokens else None
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def vocab(self) -> dict[str, int]:
+        return {**self.base.vocab, **self.special_token_ids}
+
+    @property
+    def eod(self) -> int:
+        return self.base.eod
+
+    @property
+    def pad(self) -> int:
+        return self.base.pad
+
+    @property
+    def bos(self) -> int:
+        return self.base.bos
+
+    def tokenize(self, text: str) -> list[int]:
+        if self._pattern is None:
+            return self.base.tokenize(text)
+        ids: list[int] = []
+        for i, piece in enumerate(self._pattern.split(text)):
+            if i % 2:  # odd pieces are the captured special tokens
+                ids.append(self.special_token_ids[piece])
+            elif piece:
+                ids.extend(self.base.tokenize(piece))
+        return ids
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        out, run = [], []
+        for i in (int(i) for i in ids):
+            if i in self._id_to_token:
+                if run:
+                    out.append(self.base.detokenize(run))
+                    run = []
+                out.append(self._id_to_token[i])
+            elif i >= self.base.vocab_size:
+                raise ValueError(f"id {i} is vocabulary padding: no token to decode")
+            else:
+                run.append(i)
+        if run:
+            out.append(self.base.detokenize(run))
+        return "".join(out)
+
+
 def build_tokenizer(tokenizer_type: str, tokenizer_model: str | None,
-                    vocab_size: int | None = None) -> _Tokenizer:
+                    vocab_size: int | None = None, special_tokens=None,
+                    vocab_pad_to: int | None = None) -> _Tokenizer:
     """Build a tokenizer from Megatron-LM-style flags.
 
     vocab_size is only used by NullTokenizer; the others take it from the model.
+    special_tokens ("crystal", "a,b", or a list) are added after the base
+    vocabulary; the vocabulary is then padded to vocab_pad_to ids, by default to
+    the next multiple of 32 (32000 + 22 Crystal tokens -> 32032).
     """
     if tokenizer_type == "SentencePieceTokenizer":
-        return SentencePieceTokenizer(tokenizer_model)
-    if tokenizer_type == "HuggingFaceTokenizer":
-        return HuggingFaceTokenizer(tokenizer_model)
-    if tokenizer_type == "NullTokenizer":
-        return NullTokenizer(vocab_size)
-    raise ValueError(f"--tokenizer-type {tokenizer_type!r} unknown; choose from {TOKENIZER_TYPES}")
+        base = SentencePieceTokenizer(tokenizer_model)
+    elif tokenizer_type == "HuggingFaceTokenizer":
+        base = HuggingFaceTokenizer(tokenizer_model)
+    elif tokenizer_type == "NullTokenizer":
+        base = NullTokenizer(vocab_size)
+    else:
+        raise ValueError(f"--tokenizer-type {tokenizer_type!r} unknown; choose from {TOKENIZER_TYPES}")
+    if special_tokens or vocab_pad_to:
+        return SpecialTokensTokenizer(base, special_tokens, vocab_pad_to)
+    return base
 
 
 # ----------------------------------------------------------------------------

@@ -43,6 +43,8 @@ def _run(args, platform) -> float | None:
 
     initialize_parallel(args)
     tokenizer, vocab_size = build_vocab(args)
+    if args.tokenizer_type != "NullTokenizer":  # NullTokenizer adds its EOD to the --vocab-size it is given
+        args.vocab_size = vocab_size  # saved with checkpoints: exporters drop the padding rows past it
     args.padded_vocab_size = padded_vocab_size(vocab_size, args.make_vocab_size_divisible_by)
     parametrization = build_parametrization(args)
     config = transformer_config(args, on_cpu=platform.is_cpu, mup_multipliers=parametrization.multipliers)

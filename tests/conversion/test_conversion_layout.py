@@ -47,7 +47,8 @@ def test_qkv_packing_is_grouped_per_query_group_and_inverts():
                 kv_channels=3, normalization="RMSNorm", norm_epsilon=1e-5, add_bias_linear=False, add_qkv_bias=False,
                 rotary_percent=1.0, rotary_base=1e4, rotary_interleaved=False, tie_embeddings=False, vocab_size=8,
                 padded_vocab_size=8, max_position_embeddings=8)
-    q, k, v = torch.arange(12 * 2).reshape(12, 2), 100 + torch.arange(6 * 2).reshape(6, 2), -torch.arange(1, 13).reshape(6, 2)
+    q = torch.arange(12 * 2).reshape(12, 2)
+    k, v = 100 + torch.arange(6 * 2).reshape(6, 2), -torch.arange(1, 13).reshape(6, 2)
     packed = pack_qkv(q, k, v, groups=2)
     # group 0: q heads 0-1 (6 rows), k head 0 (3 rows), v head 0 (3 rows); then group 1.
     assert torch.equal(packed[:6], q[:6]) and torch.equal(packed[6:9], k[:3]) and torch.equal(packed[9:12], v[:3])

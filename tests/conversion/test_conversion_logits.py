@@ -19,11 +19,12 @@ from launch import REPO, test_env, torchrun_cmd
 from safetensors.torch import load_file, save_file
 
 from megatron_ext.checkpoint.convert import hf_to_megatron, megatron_to_hf
-from megatron_ext.checkpoint.hf_arch import half_split_to_interleaved, interleaved_to_half_split, permute_head_channels
+from megatron_ext.checkpoint.hf_arch import (half_split_to_interleaved, interleaved_to_half_split,
+                                             permute_head_channels)
 
 LAYOUTS = {"tp2": (2, 1), "pp2": (1, 2), "tp2xpp2": (2, 2)}
 LLAMA_CASES = [("llama", layout) for layout in LAYOUTS] + [("llama-tied", "pp2"), ("llama-tied", "tp2xpp2")]
-OTHER_CASES = [("llama-mup", "tp2xpp2"), ("crystal", "tp2xpp2"), ("llama-interleaved", "tp2xpp2"),
+OTHER_CASES = [("llama-mup", "tp2xpp2"), ("llama-tied-mup", "pp2"), ("crystal", "tp2xpp2"), ("llama-interleaved", "tp2xpp2"),
                ("crystal-half-split", "tp2"), ("crystal-half-split", "pp2")]
 # μP multipliers given to a plain model (the same weights then compute different logits).
 MUP_ARGS = dict(use_mup=True, mup_base_hidden_size=96, mup_width_scale=0.5, mup_embeddings_scale=3.0,
@@ -39,9 +40,10 @@ def converted(tmp_path_factory):
     random_crystal(root / "hf-crystal")
     for name in ("llama", "llama-tied", "crystal"):
         hf_to_megatron(str(root / f"hf-{name}"), str(root / f"mg-{name}"), progress=False)
-    shutil.copytree(root / "mg-llama", root / "mg-llama-mup")
-    _edit_args(root / "mg-llama-mup", **MUP_ARGS)
-    megatron_to_hf(str(root / "mg-llama-mup"), str(root / "hf-llama-mup"), progress=False)
+    for name in ("llama", "llama-tied"):
+        shutil.copytree(root / f"mg-{name}", root / f"mg-{name}-mup")
+        _edit_args(root / f"mg-{name}-mup", **MUP_ARGS)
+        megatron_to_hf(str(root / f"mg-{name}-mup"), str(root / f"hf-{name}-mup"), progress=False)
     _other_rope_convention(root, "llama", interleaved=True)
     _other_rope_convention(root, "crystal", interleaved=False)
 
@@ -91,14 +93,15 @@ def test_llama_logits_match_transformers(converted, case, layout):
     assert_close(logits[(case, layout)], llama_logits(root / f"hf-{case}"), what=f"{case} at {layout}")
 
 
-def test_mup_model_exported_as_llama_gives_the_same_logits(converted):
+@pytest.mark.parametrize("case,layout", [("llama-mup", "tp2xpp2"), ("llama-tied-mup", "pp2")])
+def test_mup_model_exported_as_llama_gives_the_same_logits(converted, case, layout):
     root, logits = converted
-    config = json.loads((root / "hf-llama-mup" / "config.json").read_text())
+    config = json.loads((root / f"hf-{case}" / "config.json").read_text())
     assert config["tie_word_embeddings"] is False and config["architectures"] == ["LlamaForCausalLM"]
-    hf = llama_logits(root / "hf-llama-mup")
-    assert_close(logits[("llama-mup", "tp2xpp2")], hf, what="μP model exported as LLaMA")
+    hf = llama_logits(root / f"hf-{case}")
+    assert_close(logits[(case, layout)], hf, what=f"μP model ({case}) exported as LLaMA")
     # The multipliers matter: the unfolded weights compute something else.
-    assert (hf - llama_logits(root / "hf-llama")).abs().max() > 1e-2
+    assert (hf - llama_logits(root / f"hf-{case.removesuffix('-mup')}")).abs().max() > 1e-2
 
 
 def test_crystal_logits_match_float64_reference(converted):

@@ -133,3 +133,62 @@ def test_converted_checkpoint_resumes_without_model_flags(runs):
     losses = [float(line.split("lm loss:")[1].split("|")[0]) for line in log.splitlines() if "lm loss:" in line]
     # A random model over 1000 tokens: about ln(1000) = 6.9 (a garbled load would not be this close).
     assert len(losses) == 2 and abs(losses[0] - 6.9) < 0.3, losses
+
+
+def test_bin_shards_and_sharded_safetensors_read_like_one_file(tmp_path):
+    random_llama(tmp_path / "hf", tied=False)
+    hf_to_megatron(str(tmp_path / "hf"), str(tmp_path / "mg"), progress=False)
+    expected = model_tensors(tmp_path / "mg" / "iter_0000000")
+    # The same weights as two weights-only .bin shards with an index, as older checkpoints ship them.
+    bins = tmp_path / "bins"
+    bins.mkdir()
+    state = load_file(tmp_path / "hf" / "model.safetensors")
+    names = sorted(state)
+    weight_map = {}
+    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2:])):
+        file = f"pytorch_model-{i + 1:05d}-of-00002.bin"
+        torch.save({n: state[n] for n in part}, bins / file)
+        weight_map.update({n: file for n in part})
+    (bins / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (bins / name).write_bytes((tmp_path / "hf" / name).read_bytes())
+    # And as sharded safetensors (the exporter's own output, split small).
+    megatron_to_hf(str(tmp_path / "mg"), str(tmp_path / "sharded"), max_shard_bytes=300_000, progress=False)
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    for source in ("bins", "sharded"):
+        hf_to_megatron(str(tmp_path / source), str(tmp_path / f"mg-{source}"), progress=False)
+        converted = model_tensors(tmp_path / f"mg-{source}" / "iter_0000000")
+        assert sorted(converted) == sorted(expected)
+        assert all(torch.equal(converted[k], expected[k]) for k in expected), source
+
+
+def test_export_of_a_run_with_a_sentencepiece_tokenizer(tmp_path):
+    """A training run records its tokenizer, not the vocabulary size: the export takes the size from
+    the tokenizer (dropping padding rows past it) and ships the tokenizer in transformers' format."""
+    import sentencepiece
+    from transformers import AutoTokenizer
+
+    from megatron_ext.data.tokenizers import train_sentencepiece
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"word{i % 97} other{i % 13} text {i}"}) + "\n"
+                              for i in range(400)))
+    sp_model = train_sentencepiece([str(corpus)], str(tmp_path / "sp"), vocab_size=300)
+    random_llama(tmp_path / "hf", tied=False)
+    hf_to_megatron(str(tmp_path / "hf"), str(tmp_path / "mg"), progress=False)
+    # Make it look like a training run's checkpoint: no import record, a SentencePiece tokenizer.
+    common_path = tmp_path / "mg" / "iter_0000000" / "common.pt"
+    common = load_common(common_path.parent)
+    for key in ("hf_config", "hf_generation_config", "hf_model_format", "vocab_size"):
+        common["args"].pop(key)
+    common["args"].update(tokenizer_type="SentencePieceTokenizer", tokenizer_model=sp_model, mock_data=False)
+    torch.save(common, common_path)
+    for path in (tmp_path / "mg" / "tokenizer").iterdir():
+        path.unlink()
+    megatron_to_hf(str(tmp_path / "mg"), str(tmp_path / "out"), progress=False)
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["vocab_size"] == 300
+    exported = load_file(tmp_path / "out" / "model.safetensors")["model.embed_tokens.weight"]
+    assert torch.equal(exported, load_file(tmp_path / "hf" / "model.safetensors")["model.embed_tokens.weight"][:300])
+    text = "word5 other3 text 42"
+    expected = sentencepiece.SentencePieceProcessor(model_file=sp_model).encode(text)
+    assert AutoTokenizer.from_pretrained(tmp_path / "out").encode(text, add_special_tokens=False) == expected

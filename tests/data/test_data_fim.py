@@ -1,0 +1,176 @@
+"""Fill-in-the-middle transform: permutation, sentinel counts, orders, rates, determinism."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from megatron_ext.data.fim import (FIMDataset, FIMRates, FIMSentinels, fim_window,
+                                   permute_document)
+
+S = FIMSentinels(prefix=1001, middle=1002, suffix=1003)
+EOD, PAD = 1000, 1004
+
+
+def _split_psm(out):
+    assert out[0] == S.prefix
+    i_suf, i_mid = list(out).index(S.suffix), list(out).index(S.middle)
+    return out[1:i_suf], out[i_mid + 1:], out[i_suf + 1:i_mid]  # prefix, middle, suffix
+
+
+def _split_spm(out):
+    assert list(out[:2]) == [S.prefix, S.suffix]
+    i_mid = list(out).index(S.middle)
+    return out[i_mid + 1:], out[2:i_mid]  # prefix+middle, suffix
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_token_level_output_is_a_permutation_plus_three_sentinels(seed):
+    rng = np.random.default_rng(seed)
+    doc = rng.integers(0, 1000, int(rng.integers(0, 60)))
+    out = permute_document(doc, rng, FIMRates(1.0, 0.5), S)
+    if len(doc) == 0:
+        assert len(out) == 0  # nothing to fill in
+        return
+    counts = Counter(out.tolist())
+    assert counts[S.prefix] == counts[S.middle] == counts[S.suffix] == 1
+    assert sorted(t for t in out.tolist() if t < 1000) == sorted(doc.tolist())
+    assert len(out) == len(doc) + 3
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_psm_order(seed):
+    doc = np.arange(100, 140)
+    out = permute_document(doc, np.random.default_rng(seed), FIMRates(1.0, 0.0), S)
+    prefix, middle, suffix = _split_psm(out)
+    # prefix, middle, suffix are consecutive slices of the document
+    assert np.concatenate([prefix, middle, suffix]).tolist() == doc.tolist()
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_spm_order(seed):
+    doc = np.arange(100, 140)
+    out = permute_document(doc, np.random.default_rng(seed), FIMRates(1.0, 1.0), S)
+    prefix_middle, suffix = _split_spm(out)
+    assert np.concatenate([prefix_middle, suffix]).tolist() == doc.tolist()
+
+
+def test_rates_are_realised():
+    rng = np.random.default_rng(0)
+    doc = np.arange(10, 50)
+    n, fim, spm = 6000, 0, 0
+    for _ in range(n):
+        out = permute_document(doc, rng, FIMRates(0.9, 0.5), S)
+        if len(out) != len(doc):
+            fim += 1
+            spm += int(out[1] == S.suffix)
+    # Binomial standard deviations: 0.004 for the FIM rate, 0.007 for SPM; 4-5 sigma bounds.
+    assert abs(fim / n - 0.9) < 0.02
+    assert abs(spm / fim - 0.5) < 0.03
+
+
+class _Samples:
+    """Windows of seq_length + 1 tokens cut from a stream of documents, as GPTDataset gives."""
+
+    def __init__(self, n=200, seq=64, source_of=lambda i: 0):
+        self.seq, self.n, self.source_of = seq, n, source_of
+
+    def __len__(self):
+        return self.n
+
+    def window(self, i):
+        rng = np.random.default_rng(i)
+        out = []
+        while len(out) < self.seq + 1:
+            out += rng.integers(0, 1000, int(rng.integers(1, 30))).tolist() + [EOD]
+        return np.array(out[:self.seq + 1])
+
+    def __getitem__(self, i):
+        w = torch.from_numpy(self.window(i))
+        return {"tokens": w[:-1], "labels": w[1:], "loss_mask": torch.ones(self.seq),
+                "position_ids": torch.arange(self.seq), "dataset_id": self.source_of(i)}
+
+
+def _docs(window):
+    """Documents of a window, split at EOD."""
+    docs, cur = [], []
+    for t in window:
+        if t == EOD:
+            docs.append(cur)
+            cur = []
+        else:
+            cur.append(t)
+    return docs + [cur]
+
+
+def test_window_keeps_length_and_transforms_each_document_separately():
+    base = _Samples()
+    for i in range(50):
+        window = base.window(i)
+        rng = np.random.default_rng([7, i])
+        out, n_pad = fim_window(window, rng, FIMRates(1.0, 0.5), S, EOD, PAD)
+        assert len(out) == len(window) and n_pad == 0
+        # Untruncated, document k of the output is document k of the input,
+        # rearranged: check every document that ends before the window does.
+        for d_in, d_out in list(zip(_docs(window), _docs(out)))[:-1]:
+            if d_in:
+                assert Counter(d_out) == Counter(d_in + [S.prefix, S.middle, S.suffix])
+            else:
+                assert d_out == []
+
+
+def test_dataset_wrapper_shifts_labels_and_is_deterministic():
+    base = _Samples(source_of=lambda i: i % 2)
+    rates = {0: FIMRates(1.0, 0.5)}  # source 1 has no FIM
+    a = FIMDataset(base, rates, S, eod=EOD, pad=PAD, seed=3)
+    b = FIMDataset(base, rates, S, eod=EOD, pad=PAD, seed=3)
+    c = FIMDataset(base, rates, S, eod=EOD, pad=PAD, seed=4)
+    assert len(a) == len(base)
+    differs = 0
+    for i in range(40):
+        x, y, z = a[i], b[i], c[i]
+        assert torch.equal(x["tokens"], y["tokens"])
+        assert x["tokens"].shape == (base.seq,) and isinstance(x["tokens"], torch.Tensor)
+        assert torch.equal(x["tokens"][1:], x["labels"][:-1])  # still shifted by one
+        assert float(x["loss_mask"].sum()) == base.seq  # loss on every token, sentinels too
+        if i % 2:
+            assert torch.equal(x["tokens"], base[i]["tokens"])  # untouched source
+        else:
+            assert (x["tokens"] == S.prefix).any()
+            differs += int(not torch.equal(x["tokens"], z["tokens"]))
+    assert differs > 10  # another seed gives other split points
+
+
+class _CharTokenizer:
+    """One token per character (ids = code points < 1000)."""
+
+    def tokenize(self, text):
+        return [ord(c) for c in text]
+
+    def detokenize(self, ids):
+        return "".join(chr(i) for i in ids)
+
+
+def test_character_level_split_re_encodes_pieces():
+    tok = _CharTokenizer()
+    text = "def add(a, b):\n    return a + b\n"
+    doc = np.array(tok.tokenize(text))
+    for seed in range(10):
+        out = permute_document(doc, np.random.default_rng(seed), FIMRates(1.0, 0.0), S,
+                               tokenizer=tok, mode="char")
+        prefix, middle, suffix = _split_psm(out)
+        assert tok.detokenize(np.concatenate([prefix, middle, suffix]).tolist()) == text
+    with pytest.raises(ValueError, match="tokenizer"):
+        FIMDataset(_Samples(), {0: FIMRates(1.0, 0.0)}, S, eod=EOD, mode="char")
+
+
+def test_shorter_re_encoding_is_padded_and_masked():
+    class Dropping(_CharTokenizer):  # re-encoding loses two characters per piece
+        def tokenize(self, text):
+            return super().tokenize(text)[2:]
+
+    window = np.array([ord(c) for c in "abcdefghij"] + [EOD] + [ord(c) for c in "klmnopqrs"])
+    out, n_pad = fim_window(window, np.random.default_rng(0), FIMRates(1.0, 0.0), S, EOD, PAD,
+                            tokenizer=Dropping(), mode="char")
+    assert len(out) == len(window) and n_pad > 0 and (out[-n_pad:] == PAD).all()

@@ -1,0 +1,134 @@
+"""Preprocessing at scale: input formats, bad records, --strict, worker-count identity,
+and special tokens (Crystal's 22) in the tokenizer and in preprocessing."""
+
+import gzip
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+from megatron_ext.data.preprocess import PreprocessError, preprocess_jsonl
+from megatron_ext.data.tokenizers import (CRYSTAL_SPECIAL_TOKENS, build_tokenizer,
+                                          train_sentencepiece)
+
+REPO = Path(__file__).resolve().parents[2]
+CORPUS = REPO / "data" / "corpus"
+
+
+def _texts(name, n):
+    with open(CORPUS / name, encoding="utf-8") as f:
+        return [json.loads(line)["text"] for line in f][:n]
+
+
+@pytest.fixture(scope="module")
+def sp_model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sp")
+    src = d / "train.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n"
+                           for t in _texts("english.jsonl", 40) + _texts("code.jsonl", 10)))
+    return train_sentencepiece([str(src)], str(d / "tok"), vocab_size=1000)
+
+
+def _null(src, prefix, **kw):
+    kw = {"tokenizer_type": "NullTokenizer", "vocab_size": 100, "append_eod": True,
+          "progress": False, **kw}
+    return preprocess_jsonl(str(src), str(prefix), **kw)
+
+
+def _docs(prefix):
+    return [d.tolist() for d in IndexedDataset(prefix)]
+
+
+RECORDS = [{"text": f"{i % 90} {(i * 7) % 90} {i % 13}"} for i in range(1000)]
+
+
+def test_gzip_and_parquet_inputs_give_the_jsonl_output(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    lines = "".join(json.dumps(r) + "\n" for r in RECORDS)
+    (tmp_path / "d.jsonl").write_text(lines)
+    with gzip.open(tmp_path / "d.jsonl.gz", "wt") as f:
+        f.write(lines)
+    pq.write_table(pa.table({"text": [r["text"] for r in RECORDS]}), tmp_path / "d.parquet",
+                   row_group_size=300)
+    outputs = {}
+    for name, workers in (("d.jsonl", 1), ("d.jsonl.gz", 2), ("d.parquet", 2)):
+        prefixes, stats = _null(tmp_path / name, tmp_path / name.replace(".", "_"), workers=workers)
+        assert stats.documents == len(RECORDS)
+        outputs[name] = (Path(prefixes["text"] + ".bin").read_bytes(),
+                         Path(prefixes["text"] + ".idx").read_bytes())
+    assert outputs["d.jsonl"] == outputs["d.jsonl.gz"] == outputs["d.parquet"]
+    assert _docs(str(tmp_path / "d_jsonl_text_document"))[7] == [7, 49, 7, 100]
+
+
+def test_bad_records_are_counted_with_line_numbers_and_strict_is_fatal(tmp_path):
+    src = tmp_path / "bad.jsonl"
+    good = [json.dumps(r) for r in RECORDS[:600]]
+    good[9] = "{not json"  # line 10
+    good[99] = json.dumps({"body": "1 2"})  # line 100
+    good[299] = json.dumps({"text": ""})  # line 300
+    good[399] = json.dumps({"text": None})  # line 400
+    src.write_text("\n".join(good) + "\n")
+    for workers in (1, 2):
+        prefixes, stats = _null(src, tmp_path / f"w{workers}", workers=workers)
+        assert (stats.documents, stats.bad, stats.skipped_empty) == (596, 3, 1)
+        assert [n for n, _ in stats.problems] == [10, 100, 300, 400]
+        assert "JSON" in stats.problems[0][1] and "'text'" in stats.problems[1][1]
+    a, b = (Path(str(tmp_path / f"w{w}_text_document.bin")).read_bytes() for w in (1, 2))
+    assert a == b
+    with pytest.raises(PreprocessError, match=r"bad\.jsonl:10: not valid JSON.*--strict"):
+        _null(src, tmp_path / "s", strict=True, workers=2)
+    assert not list(tmp_path.glob("s_*"))
+
+
+def test_cli_reports_bad_lines(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("preprocess_data",
+                                                  REPO / "tools" / "preprocess_data.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    src = tmp_path / "c.jsonl"
+    src.write_text('{"text": "1 2"}\n[1]\n{"text": "3"}\n')
+    base = ["--input", str(src), "--output-prefix", str(tmp_path / "c"), "--tokenizer-type",
+            "NullTokenizer", "--vocab-size", "10", "--no-progress"]
+    assert cli.main(base) == 0
+    captured = capsys.readouterr()
+    assert "1 bad records" in captured.out and f"{src}:2: not a JSON object" in captured.err
+    assert cli.main(base + ["--overwrite", "--strict"]) == 2
+    assert ":2:" in capsys.readouterr().err
+
+
+def test_crystal_special_tokens_continue_the_vocabulary(sp_model):
+    tok = build_tokenizer("SentencePieceTokenizer", sp_model, special_tokens="crystal")
+    assert len(CRYSTAL_SPECIAL_TOKENS) == 22
+    assert tok.vocab_size == 1024  # 1000 + 22, padded to a multiple of 32 (32000 -> 32032)
+    assert tok.special_token_ids["<|fim_prefix|>"] == 1000
+    assert tok.special_token_ids["<|sys_end|>"] == 1021
+    assert (tok.eod, tok.pad, tok.bos) == (2, 3, 1)  # the base model's
+    text = "<|sys_start|>be brief<|sys_end|><|im_start|>def f(x):\n    return x<|im_end|>"
+    ids = tok.tokenize(text)
+    assert ids[0] == 1000 + CRYSTAL_SPECIAL_TOKENS.index("<|sys_start|>")
+    assert sum(i >= 1000 for i in ids) == 4  # each special is one id
+    assert tok.detokenize(ids) == text
+    assert tok.tokenize("plain text") == build_tokenizer("SentencePieceTokenizer",
+                                                          sp_model).tokenize("plain text")
+    assert build_tokenizer("SentencePieceTokenizer", sp_model, special_tokens="crystal",
+                           vocab_pad_to=1100).vocab_size == 1100
+    with pytest.raises(ValueError, match="smaller"):
+        build_tokenizer("SentencePieceTokenizer", sp_model, special_tokens="crystal",
+                        vocab_pad_to=1010)
+    # The tokenizer's cache fingerprint changes with the specials (dataset index caches).
+    assert tok.unique_identifiers != build_tokenizer("SentencePieceTokenizer",
+                                                     sp_model).unique_identifiers
+
+
+def test_preprocessing_encodes_special_tokens_as_single_ids(sp_model, tmp_path):
+    src = tmp_path / "fim.jsonl"
+    src.write_text(json.dumps({"text": "<|filename|>a.py\nprint(1)"}) + "\n")
+    prefixes, _ = preprocess_jsonl(str(src), str(tmp_path / "o"), tokenizer_model=sp_model,
+                                   special_tokens="crystal", append_eod=True, progress=False,
+                                   workers=2)
+    (doc,) = _docs(prefixes["text"])
+    assert doc[0] == 1000 + CRYSTAL_SPECIAL_TOKENS.index("<|filename|>") and doc[-1] == 2

@@ -1,0 +1,67 @@
+"""Convert a checkpoint of pretrain_llama.py (any tensor/pipeline layout) into a Hugging Face checkpoint.
+
+    python tools/convert_to_hf.py --load checkpoints/amber --out hf/amber [--dtype bf16] [--overwrite]
+
+Writes sharded safetensors with model.safetensors.index.json, config.json, generation_config.json and
+the tokenizer. LLaMA-architecture models (RMSNorm) load with transformers'
+AutoModelForCausalLM.from_pretrained(OUT); a μP model is exported with its multipliers folded into
+the weights so that stock LLaMA code computes the same logits. LayerNorm models (Crystal) are written
+in CrystalCoder's published layout (--model-format crystalcoder; its remote modeling code reads them).
+Reads and writes one layer at a time, so memory stays near one layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+FORMATS = ("llama", "crystalcoder")
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+def shard_size(text: str) -> int:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMG]?)B?", text.strip().upper())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 5GB or 500MB")
+    return int(float(match.group(1)) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[match.group(2)])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--load", required=True, help="checkpoint directory (as given to pretrain_llama.py --save)")
+    parser.add_argument("--iteration", type=int, default=None, help="iteration to export (default: the latest)")
+    parser.add_argument("--out", required=True, help="Hugging Face directory to create")
+    parser.add_argument("--dtype", choices=DTYPES, default=None,
+                        help="precision of the exported weights (default: as stored in the checkpoint)")
+    parser.add_argument("--model-format", choices=FORMATS, default=None,
+                        help="output layout (default: llama for RMSNorm models, crystalcoder for LayerNorm)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--vocab-size", type=int, default=None,
+                        help="true vocabulary size, if the run's tokenizer is not available to tell it")
+    parser.add_argument("--max-shard-size", type=shard_size, default="5GB",
+                        help="largest safetensors shard (default 5GB; shards hold whole layers)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", category=UserWarning)  # megatron-core's apex/TE notices, DCP's no-dist note
+    from megatron_ext.checkpoint.convert import DTYPES as TORCH_DTYPES, megatron_to_hf
+
+    path = megatron_to_hf(args.load, args.out, iteration=args.iteration,
+                          dtype=TORCH_DTYPES[args.dtype] if args.dtype else None, model_format=args.model_format,
+                          overwrite=args.overwrite, vocab_size=args.vocab_size, max_shard_bytes=args.max_shard_size,
+                          progress=not args.no_progress)
+    print(f" > wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
