@@ -56,10 +56,12 @@ def _allocate_distributed_optimizer_state(optimizer) -> None:
 
 
 @contextmanager
-def _distributed_optimizer_step_fix():
-    """megatron-core 0.16.1 bug with torch's Adam (no apex/TE): loading fully_reshardable state copies
-    every key of the live Adam state, including 'step', from a source that never has 'step' (it restores
-    step separately) -> KeyError. Hide 'step' during that copy; megatron has already set it."""
+def _distributed_optimizer_step_fix(optimizer):
+    """Two megatron-core 0.16.1 bugs when a distributed optimizer loads into torch's Adam (no apex/TE):
+    - loading fully_reshardable state copies every key of the live Adam state, including 'step', from a
+      source that never has 'step' (it restores step separately) -> KeyError. Hide 'step' during that copy.
+    - it gives every parameter the SAME 'step' tensor, which torch's foreach Adam then increments once
+      per parameter each step, corrupting bias correction. Give each parameter its own copy."""
     original = DistributedOptimizer._set_main_param_and_optimizer_states
 
     def set_states_keeping_step(self, model_param, tensors):
@@ -77,6 +79,11 @@ def _distributed_optimizer_step_fix():
         yield
     finally:
         DistributedOptimizer._set_main_param_and_optimizer_states = original
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if isinstance(inner, DistributedOptimizer):
+            for state in inner.optimizer.state.values():
+                if "step" in state:
+                    state["step"] = state["step"].clone()
 
 
 def _sharded_state(model, optimizer, scheduler, *, is_loading: bool, with_optimizer: bool, with_rng: bool):
@@ -168,7 +175,7 @@ def load_checkpoint(root: str, model, optimizer, scheduler, args):
     for i, chunk in enumerate(model):
         chunk.module.load_state_dict(loaded[f"model{i}"], strict=True)
     if with_optimizer:
-        with _distributed_optimizer_step_fix():
+        with _distributed_optimizer_step_fix(optimizer):
             optimizer.load_state_dict(loaded["optimizer"])
         scheduler.load_state_dict(loaded["opt_param_scheduler"])
     if with_rng:

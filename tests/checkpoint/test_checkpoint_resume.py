@@ -81,3 +81,30 @@ def test_truncated_checkpoint_fails_clearly(uninterrupted, tmp_path):
     assert proc.returncode != 0
     assert "cannot load checkpoint" in proc.stdout and "truncated" in proc.stdout
     assert _snapshot(ckpt) == before
+
+
+@pytest.fixture(scope="module")
+def distributed_optimizer_run(tmp_path_factory):
+    """DP2 with the distributed optimizer, μP Crystal-shaped model (its multipliers must not apply twice
+    after a resume), saving at SAVED_AT."""
+    root = tmp_path_factory.mktemp("distopt")
+    log = root / "log.jsonl"
+    run_pretrain(TINY_ARGS + ["--model-preset", "tiny-crystal", "--train-iters", TOTAL, "--use-distributed-optimizer",
+                              "--save", root / "ckpt", "--save-interval", SAVED_AT, "--log-json", log], nproc=2)
+    return root / "ckpt", read_losses(log)
+
+
+@pytest.mark.parametrize("layout", [[], ["--tensor-model-parallel-size", 2]], ids=["same-layout-dp2", "resharded-to-tp2"])
+def test_distributed_optimizer_resume(layout, distributed_optimizer_run, tmp_path):
+    _, expected = distributed_optimizer_run
+    log = tmp_path / "log.jsonl"
+    run_pretrain(TINY_ARGS + ["--model-preset", "tiny-crystal", "--train-iters", TOTAL, "--use-distributed-optimizer",
+                              "--load", checkpoint_at(distributed_optimizer_run, tmp_path), "--log-json", log] + layout,
+                 nproc=2)
+    resumed = read_losses(log)
+    assert sorted(resumed) == list(range(SAVED_AT + 1, TOTAL + 1))
+    for it, loss in resumed.items():
+        if not layout:
+            assert loss == expected[it], f"iteration {it}: resumed {loss} vs uninterrupted {expected[it]}"
+        else:
+            assert loss == pytest.approx(expected[it], rel=1e-5), f"iteration {it}"
