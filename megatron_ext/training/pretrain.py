@@ -84,7 +84,8 @@ def _run(args, platform) -> float | None:
                        validation_loss if args.eval_interval else None, logger, save)
     if args.save and not (args.save_interval and state.iteration % args.save_interval == 0):
         save(state)
-    if args.eval_interval and final_loss is None:
+    # Decided from the iteration, not the loss: only the last pipeline stage gets a loss back.
+    if args.eval_interval and state.iteration % args.eval_interval:
         final_loss = validation_loss()
     if final_loss is not None:
         logger.validation(state, final_loss, tag="final validation")

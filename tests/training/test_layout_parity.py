@@ -3,7 +3,7 @@
 import subprocess
 
 import pytest
-from launch import REPO, TINY_ARGS, free_port, read_losses, run_pretrain, test_env, torchrun_cmd
+from launch import REPO, TINY_ARGS, free_port, read_log, read_losses, run_pretrain, test_env, torchrun_cmd
 
 ITERS = 3
 REL_TOL = 1e-5
@@ -56,3 +56,12 @@ def test_simulated_two_node_job_matches_single_process(reference_losses, tmp_pat
     for agent, out in zip(agents, outputs):
         assert agent.returncode == 0, out[-4000:]
     assert_same_losses(read_losses(log), reference_losses)
+
+
+def test_pipeline_run_evaluating_on_its_last_iteration_finishes(tmp_path):
+    """Only the last pipeline stage holds losses; every stage must still agree on the final evaluation."""
+    log = tmp_path / "log.jsonl"
+    proc = run_pretrain(TINY_ARGS + ["--train-iters", 2, "--eval-interval", 2, "--eval-iters", 1,
+                                     "--pipeline-model-parallel-size", 2, "--log-json", log], nproc=2, timeout=300)
+    assert "final validation loss at iteration 2" in proc.stdout
+    assert sorted(read_log(log, "validation lm loss")) == [0, 2]

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# μTransfer check: sweep the learning rate at several widths on the bundled corpus, under standard
+# parametrization (SP) and μP, and report the best LR per width. Under μP the best LR should stay
+# put as the model widens; under SP it should move (down). Results: $OUT/transfer.md (table),
+# $OUT/transfer.png (loss vs LR per width), $OUT/transfer.json. See docs/mup_transfer.md.
+#
+# The default is small enough for 2 CPU cores (~10-15 min): widths 64 128 256, 5 LRs, 100 steps.
+#   PYTHON=...   interpreter (default .venv/bin/python)     OUT=...     output dir (build/mup_transfer)
+#   WIDTHS="64 128 256"   hidden sizes (head_dim fixed at HEAD_DIM=16, FFN = 2.75 x width)
+#   LRS="..."    base learning rates (μP: the LR of the base width; SP: the LR of every parameter)
+#   PARAMS="sp mup"   BASE=64 (μP base width)   LAYERS=2   ITERS=100   WARMUP=10   SEQ=64   GBS=16
+#   VOCAB=1024 (tokenizer size)   INIT_STD=0.02 (SP std = μP sigma_base)   SEED=1234
+#   JOBS=2 (runs in parallel; one thread each)   DEVICE=cpu|cuda   MUP_EXTRA="--mup-output-alpha 2 ..."
+# Bigger, e.g. on a GPU: DEVICE=cuda WIDTHS="128 256 512 1024 2048" LAYERS=4 ITERS=1000 SEQ=256 GBS=32 JOBS=1
+# Runs already finished in $OUT/runs are reused, so an interrupted sweep resumes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+OUT=${OUT:-build/mup_transfer}
+WIDTHS=${WIDTHS:-64 128 256}
+LRS=${LRS:-1.25e-3 2.5e-3 5e-3 1e-2 2e-2}
+PARAMS=${PARAMS:-sp mup}
+BASE=${BASE:-64}
+HEAD_DIM=${HEAD_DIM:-16}
+LAYERS=${LAYERS:-2}
+ITERS=${ITERS:-100}
+WARMUP=${WARMUP:-10}
+SEQ=${SEQ:-64}
+GBS=${GBS:-16}
+MBS=${MBS:-$GBS}
+VOCAB=${VOCAB:-1024}
+INIT_STD=${INIT_STD:-0.02}
+SEED=${SEED:-1234}
+JOBS=${JOBS:-2}
+DEVICE=${DEVICE:-cpu}
+MUP_EXTRA=${MUP_EXTRA:-}
+mkdir -p "$OUT/runs"
+
+# Tokenizer and preprocessing exactly as examples/demo.sh, with a smaller vocabulary: at these
+# widths a 4096-token embedding and head would cost more than the transformer layers.
+TOK="$OUT/tokenizer/corpus$VOCAB"
+if [ ! -f "$TOK.model" ]; then
+  echo "== training a $VOCAB-token sentencepiece tokenizer on data/corpus"
+  "$PYTHON" tools/train_tokenizer.py --input data/corpus/english.jsonl data/corpus/code.jsonl \
+    --model-prefix "$TOK" --vocab-size "$VOCAB"
+fi
+for part in english code; do
+  if [ ! -f "$OUT/data/${part}_${VOCAB}_text_document.idx" ]; then
+    echo "== preprocessing data/corpus/$part.jsonl"
+    "$PYTHON" tools/preprocess_data.py --input "data/corpus/$part.jsonl" --output-prefix "$OUT/data/${part}_$VOCAB" \
+      --tokenizer-type SentencePieceTokenizer --tokenizer-model "$TOK.model" --append-eod --workers 2 --no-progress
+  fi
+done
+
+# One training run; its JSON log is the only output kept. Same data order, seed, schedule and
+# validation batches in every run, so runs differ only in width, LR and parametrization.
+run_one() {
+  local param=$1 width=$2 lr=$3
+  local log="$OUT/runs/${param}_w${width}_lr${lr}.jsonl"
+  if [ -f "$log" ] && grep -q '"final validation lm loss"' "$log"; then return 0; fi
+  # At the base width μP is exactly SP (same init, every multiplier 1), so reuse that run.
+  if [ "$param" = mup ] && [ "$width" = "$BASE" ] && [ -z "$MUP_EXTRA" ] && [[ " $PARAMS " == *" sp "* ]]; then
+    return 0  # copied once the SP run exists, below
+  fi
+  local flags=(--init-method-std "$INIT_STD")
+  if [ "$param" = mup ]; then
+    flags+=(--use-mup --mup-base-hidden-size "$BASE" --mup-base-init-std "$INIT_STD" $MUP_EXTRA)
+  fi
+  rm -f "$log"
+  # LR decays to a tenth of its peak, so min-lr scales with the swept LR.
+  local min_lr
+  min_lr=$(awk -v lr="$lr" 'BEGIN { printf "%.6g", lr / 10 }')
+  if ! OMP_NUM_THREADS=1 "$PYTHON" pretrain_llama.py --device "$DEVICE" --model-preset tiny --seed "$SEED" \
+      --num-layers "$LAYERS" --hidden-size "$width" --ffn-hidden-size $((width * 11 / 4)) \
+      --num-attention-heads $((width / HEAD_DIM)) --kv-channels "$HEAD_DIM" \
+      --seq-length "$SEQ" --max-position-embeddings "$SEQ" \
+      --tokenizer-type SentencePieceTokenizer --tokenizer-model "$TOK.model" \
+      --data-path 0.5 "$OUT/data/english_${VOCAB}_text_document" 0.5 "$OUT/data/code_${VOCAB}_text_document" --split 95,5,0 \
+      --micro-batch-size "$MBS" --global-batch-size "$GBS" --train-iters "$ITERS" \
+      --lr "$lr" --min-lr "$min_lr" --lr-warmup-iters "$WARMUP" --lr-decay-style cosine \
+      --weight-decay 0.1 --clip-grad 1.0 --eval-interval "$ITERS" --eval-iters 8 \
+      --log-interval 10 --log-json "$log" "${flags[@]}" > "$log.out" 2>&1; then
+    echo "   $param width $width lr $lr FAILED (see $log.out); reported as diverged" >&2
+  fi
+  echo "   $param width $width lr $lr: $(grep -o 'final validation loss.*' "$log.out" || echo 'no final loss')"
+}
+
+echo "== sweep: widths [$WIDTHS] x lrs [$LRS] x [$PARAMS], $ITERS iterations each, $JOBS at a time"
+start=$(date +%s)
+for width in $WIDTHS; do
+  for lr in $LRS; do
+    for param in $PARAMS; do
+      while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+      run_one "$param" "$width" "$lr" &
+    done
+  done
+done
+wait
+if [[ " $PARAMS " == *" sp "* && " $PARAMS " == *" mup "* && -z "$MUP_EXTRA" ]]; then
+  for lr in $LRS; do
+    cp "$OUT/runs/sp_w${BASE}_lr${lr}.jsonl" "$OUT/runs/mup_w${BASE}_lr${lr}.jsonl" 2>/dev/null || true
+  done
+fi
+echo "== sweep took $(( $(date +%s) - start )) s"
+
+"$PYTHON" tools/mup_transfer_report.py --runs "$OUT/runs" --out "$OUT" --base-width "$BASE" \
+  --title "$LAYERS layers, $ITERS steps x $GBS x $SEQ tokens, vocab $VOCAB, bundled corpus"
