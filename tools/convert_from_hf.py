@@ -5,7 +5,8 @@
         --tensor-model-parallel-size 2 --pipeline-model-parallel-size 4 --data-path ... (no model flags needed)
 
 Writes SAVE/iter_0000000/ (model weights only: no optimizer state; iteration 0), SAVE/tokenizer/ (the
-tokenizer files) and SAVE/latest_checkpointed_iteration.txt. The model flags are recorded in the
+tokenizer files), SAVE/hf_code/ (the source's remote code, configuration_*.py and modeling_*.py, if it
+has any: a CrystalCoder export needs it) and SAVE/latest_checkpointed_iteration.txt. The model flags are recorded in the
 checkpoint, and the weights load at any tensor/pipeline-parallel layout. Reads .safetensors or
 weights-only .bin shards one tensor at a time, so memory stays near one layer.
 """

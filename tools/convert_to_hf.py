@@ -6,7 +6,9 @@ Writes sharded safetensors with model.safetensors.index.json, config.json, gener
 the tokenizer. LLaMA-architecture models (RMSNorm) load with transformers'
 AutoModelForCausalLM.from_pretrained(OUT); a μP model is exported with its multipliers folded into
 the weights so that stock LLaMA code computes the same logits. LayerNorm models (Crystal) are written
-in CrystalCoder's published layout (--model-format crystalcoder; its remote modeling code reads them).
+in CrystalCoder's published layout (--model-format crystalcoder; its remote modeling code reads them),
+with the configuration/modeling files config.json's auto_map names when the checkpoint carries them
+(an import from a directory that had them), else a warning to add them.
 Reads and writes one layer at a time, so memory stays near one layer.
 """
 

@@ -32,8 +32,8 @@ from contextlib import contextmanager
 
 import torch
 from torch.distributed import checkpoint as dcp
-from torch.distributed.checkpoint import (DefaultSavePlanner, FileSystemReader, FileSystemWriter, LoadPlan,
-                                          LoadPlanner, SavePlan)
+from torch.distributed.checkpoint import (CheckpointException, DefaultSavePlanner, FileSystemReader,
+                                          FileSystemWriter, LoadPlan, LoadPlanner, SavePlan)
 from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, MetadataIndex, TensorProperties,
                                                    TensorStorageMetadata)
 from torch.distributed.checkpoint.planner import TensorWriteData, WriteItem, WriteItemType
@@ -42,13 +42,15 @@ from torch.distributed.checkpoint.planner_helpers import create_read_items_for_c
 from megatron_ext.checkpoint import hf_crystalcoder, hf_llama
 from megatron_ext.checkpoint.hf_arch import (LINEAR_MODULES, MODEL_FLAGS, Arch, ConversionError, Group,
                                              expect_shape, meta_tensors, padded_vocab_size)
-from megatron_ext.checkpoint.hf_files import (HFWeights, SafetensorsStreamWriter, copy_tokenizer, plan_shards,
-                                              read_json)
+from megatron_ext.checkpoint.hf_files import (HFWeights, SafetensorsStreamWriter, auto_map_modules,
+                                              copy_remote_code, copy_tokenizer, plan_shards, read_json)
 from megatron_ext.checkpoint.paths import LATEST_FILE, iteration_dir, read_latest_iteration, write_text_atomic
 
 FORMATS = {hf_llama.NAME: hf_llama, hf_crystalcoder.NAME: hf_crystalcoder}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
+# Where an import keeps the source's remote code (configuration_*.py, modeling_*.py), next to tokenizer/.
+CODE_DIR = "hf_code"
 
 
 # ---- Megatron names <-> torch_dist keys ---------------------------------------------------------
@@ -183,15 +185,58 @@ class _RegionLoadPlanner(LoadPlanner):
         pass  # resolve_tensor returned a view of the destination: the data is already in place
 
 
+def _brief(exc: BaseException) -> str:
+    """One line for an exception (torch's messages run to paragraphs)."""
+    if isinstance(exc, CheckpointException):  # failures: rank -> (exception, traceback frames)
+        exc = next(iter(exc.failures.values()), (exc,))[0]
+    line = (str(exc).strip().splitlines() or [""])[0]
+    if len(line) > 120 and ". " in line:
+        line = line.split(". ")[0]
+    return f"{type(exc).__name__}: {line[:200]}"
+
+
 class TorchDistReader:
     """Reads Megatron tensors (a group at a time) from one iteration directory."""
 
     def __init__(self, directory: str):
         self.directory = directory
+        self._hint = (f"re-copy the checkpoint, or export another --iteration "
+                      f"(found: {_iterations(os.path.dirname(directory)) or 'none'})")
         if not os.path.isfile(os.path.join(directory, ".metadata")):
             raise ConversionError(f"{directory} has no .metadata file: not a torch_dist checkpoint, or an "
-                                  "incomplete one. Load another iteration with --iteration")
-        self.metadata = FileSystemReader(directory).read_metadata()
+                                  f"incomplete one; {self._hint}")
+        try:
+            self.metadata = FileSystemReader(directory).read_metadata()
+        except Exception as exc:
+            raise ConversionError(f"cannot read {os.path.join(directory, '.metadata')} ({_brief(exc)}): it is "
+                                  f"truncated or corrupt; {self._hint}") from exc
+
+    def _files(self, key: str, offsets=None, sizes=None) -> dict:
+        """Relative path -> bytes the stored chunks of `key` (those overlapping the region, if given)
+        need in it, from the storage index in .metadata."""
+        files = {}
+        for chunk in self.metadata.state_dict_metadata[key].chunks:
+            if offsets is not None and not all(c < o + s and o < c + cs for c, cs, o, s in
+                                               zip(chunk.offsets, chunk.sizes, offsets, sizes)):
+                continue
+            info = self.metadata.storage_data.get(MetadataIndex(key, chunk.offsets))
+            if info is not None:
+                files[info.relative_path] = max(files.get(info.relative_path, 0), info.offset + info.length)
+        return files
+
+    def check_files(self, keys) -> None:
+        """Every data file holding the tensors is present and as long as .metadata records (a shard
+        missing or cut short by an interrupted copy is refused before anything is written)."""
+        for key in keys:
+            for name, needed in sorted(self._files(key).items()):
+                path = os.path.join(self.directory, name)
+                if not os.path.isfile(path):
+                    raise ConversionError(f"{path} is missing (it holds {key}): the checkpoint is incomplete; "
+                                          f"{self._hint}")
+                size = os.path.getsize(path)
+                if size < needed:
+                    raise ConversionError(f"{path} is truncated ({size} bytes, .metadata records {needed}; it "
+                                          f"holds {key}); {self._hint}")
 
     def check(self, groups: list[Group], num_layers: int) -> torch.dtype:
         """Every tensor the config implies is stored with the implied shape; returns the stored dtype."""
@@ -208,6 +253,8 @@ class TorchDistReader:
                     raise ConversionError(f"{key} in {self.directory} has shape {list(md.size)} but the checkpoint's "
                                           f"args imply {list(global_shape)}; the args and weights disagree")
                 dtypes.add(md.properties.dtype)
+        self.check_files(dcp_location(name, shape, num_layers)[0] for group in groups for name, shape in
+                         group.shapes.items())
         return torch.float32 if len(dtypes) != 1 else dtypes.pop()
 
     def read(self, group: Group, num_layers: int) -> dict:
@@ -219,9 +266,27 @@ class TorchDistReader:
             buffer = torch.empty(region, dtype=dtype)
             regions[key] = (buffer, offsets)
             out[name] = buffer[0] if len(region) > len(shape) else buffer
+        try:
+            self._load(regions)
+        except (Exception, CheckpointException) as exc:  # a shard corrupt in a way its size does not show
+            key = next((k for k in regions if not self._loads({k: regions[k]})), None)
+            where = (f"{key} from {', '.join(sorted(self._files(key, regions[key][1], regions[key][0].shape)))}"
+                     if key else f"{group.name}")
+            raise ConversionError(f"cannot read {where} in {self.directory} ({_brief(exc)}): the file is "
+                                  f"corrupt; {self._hint}") from exc
+        return out
+
+    def _load(self, regions: dict) -> None:
         dcp.load({}, storage_reader=FileSystemReader(self.directory), planner=_RegionLoadPlanner(regions),
                  no_dist=True)
-        return out
+
+    def _loads(self, regions: dict) -> bool:
+        """Whether these regions read (to find the bad file after a failed read)."""
+        try:
+            self._load(regions)
+            return True
+        except (Exception, CheckpointException):
+            return False
 
 
 # ---- output directories ------------------------------------------------------------------------
@@ -328,6 +393,11 @@ def hf_to_megatron(hf_dir: str, save: str, model_format: str | None = None, over
                         tokenizer_model=os.path.join(os.path.abspath(save), "tokenizer"))
         else:
             print(f"warning: no tokenizer files in {hf_dir}; the checkpoint has none", file=sys.stderr)
+        copy_remote_code(hf_dir, os.path.join(tmp, CODE_DIR))
+        missing = [m for m in auto_map_modules(config) if not os.path.isfile(os.path.join(hf_dir, m))]
+        if missing:
+            print(f"warning: config.json's auto_map names {', '.join(missing)}, not in {hf_dir}; an export of "
+                  "this checkpoint needs them to load with trust_remote_code=True", file=sys.stderr)
         common = {"iteration": 0, "consumed_samples": 0, "checkpoint_version": 1, "args": args}
         with _progress(len(groups), "HF -> Megatron", progress) as bar:
             def produce(group):
@@ -344,12 +414,26 @@ def hf_to_megatron(hf_dir: str, save: str, model_format: str | None = None, over
 # ---- Megatron -> Hugging Face ------------------------------------------------------------------
 
 def read_common(root: str, iteration: int | None) -> tuple[int, str, dict]:
-    iteration = read_latest_iteration(root) if iteration is None else iteration
+    if not os.path.isdir(root):
+        raise ConversionError(f"--load {root} is not a directory; pass the directory given to pretrain_llama.py "
+                              "--save or tools/convert_from_hf.py --save")
+    found = _iterations(root) or "none"
+    if iteration is None:
+        if not os.path.isfile(os.path.join(root, LATEST_FILE)) and found != "none":
+            raise ConversionError(f"--load {root} has no {LATEST_FILE}, so the latest iteration is unknown; "
+                                  f"pass --iteration N (found: {found})")
+        iteration = read_latest_iteration(root)
+        named = f"{LATEST_FILE} names iteration {iteration}, but"
+    else:
+        named = f"--iteration {iteration}:"
     directory = iteration_dir(root, iteration)
+    if not os.path.isdir(directory):
+        raise ConversionError(f"{named} {directory} does not exist; pass --iteration with one that does "
+                              f"(found: {found})")
     path = os.path.join(directory, "common.pt")
     if not os.path.isfile(path):
         raise ConversionError(f"{path} is missing: {directory} is not a complete checkpoint of this project. "
-                              f"Pass --iteration with one that is (found: {_iterations(root) or 'none'})")
+                              f"Pass --iteration with one that is (found: {found})")
     try:
         common = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -362,7 +446,10 @@ def read_common(root: str, iteration: int | None) -> tuple[int, str, dict]:
 
 
 def _iterations(root: str) -> str:
-    return ", ".join(sorted(n[len("iter_"):] for n in os.listdir(root) if re.fullmatch(r"iter_\d{7}", n)))
+    if not os.path.isdir(root):
+        return ""
+    return ", ".join(str(n) for n in sorted(int(name[len("iter_"):]) for name in os.listdir(root)
+                                            if re.fullmatch(r"iter_\d{7}", name)))
 
 
 def true_vocab_size(args: dict) -> int | None:
@@ -414,6 +501,7 @@ def megatron_to_hf(load: str, out: str, iteration: int | None = None, dtype: tor
         writer.close()
         fmt.write_config(arch, tmp, dtype)
         _export_tokenizer(load, args, tmp)
+        _export_remote_code(load, args, tmp, os.path.abspath(out))
     return os.path.abspath(out)
 
 
@@ -427,6 +515,29 @@ def _export_tokenizer(root: str, args: dict, out: str) -> None:
     if not copied:
         print("warning: the checkpoint has no tokenizer (mock data or a missing tokenizer file); the export has "
               "none: add the tokenizer files to the output directory", file=sys.stderr)
+
+
+def _export_remote_code(root: str, args: dict, tmp: str, out: str) -> None:
+    """The modules the written config.json's auto_map points to (CrystalCoder's configuration and
+    modeling code), from the import's hf_code/ (or, for a run that saved elsewhere, next to the
+    tokenizer it trained with). Without them the weights are still written, with a warning."""
+    needed = auto_map_modules(read_json(os.path.join(tmp, "config.json"), "config file"))
+    if not needed:
+        return
+    model = args.get("tokenizer_model")
+    sources = [os.path.join(root, CODE_DIR)]
+    if model and os.path.isdir(model):  # the imported checkpoint's tokenizer/ (or an HF directory itself)
+        sources += [model, os.path.join(os.path.dirname(os.path.normpath(model)), CODE_DIR)]
+    for source in sources:
+        if copy_remote_code(source, tmp):
+            break
+    missing = [m for m in needed if not os.path.isfile(os.path.join(tmp, m))]
+    if missing:
+        whose = ("CrystalCoder's modeling files (from its Hugging Face repository, e.g. LLM360/CrystalCoder)"
+                 if "crystalcoder" in " ".join(missing) else "the model's modeling files")
+        print(f"warning: {out}/config.json's auto_map needs {', '.join(missing)}, which the checkpoint does not "
+              f"carry: the weights are written, but the model loads with trust_remote_code=True only after you "
+              f"copy {whose} into {out}", file=sys.stderr)
 
 
 def _sentencepiece_tokenizer(model: str, out: str) -> list[str]:

@@ -115,7 +115,7 @@ def save_checkpoint(root: str, model, optimizer, scheduler, train_state, args) -
     if dist.get_rank() == 0:
         if os.path.exists(final):  # re-saving an iteration (a restarted run): swap, never half-replace
             shutil.rmtree(final + ".old", ignore_errors=True)
-            os.replace(final, final + ".old")
+            os.replace(final, final + ".old")  # a crash from here to the next rename: loads read .old
         os.replace(tmp, final)
         write_text_atomic(os.path.join(root, LATEST_FILE), str(train_state.iteration))
         shutil.rmtree(final + ".old", ignore_errors=True)
@@ -130,9 +130,18 @@ def saved_args(args) -> dict:
             if isinstance(v, plain) or (isinstance(v, (list, tuple)) and all(isinstance(x, plain) for x in v))}
 
 
+def _existing_iteration_dir(root: str, iteration: int) -> str:
+    """ITER, or ITER.old when a crash hit a re-save of the same iteration between its two renames
+    (ITER moved aside, the new one not yet in place): the previous save is then still complete."""
+    path = iteration_dir(root, iteration)
+    if not os.path.isdir(path) and os.path.isdir(path + ".old"):
+        return path + ".old"
+    return path
+
+
 def read_checkpoint_args(root: str, iteration: int | None = None) -> tuple[int, dict]:
     iteration = read_latest_iteration(root) if iteration is None else iteration
-    path = iteration_dir(root, iteration)
+    path = _existing_iteration_dir(root, iteration)
     try:
         common = dist_checkpointing.load_common_state_dict(path)
     except Exception as exc:  # missing or truncated common.pt
@@ -153,7 +162,7 @@ def check_compatible(saved: dict, args, path: str) -> None:
 def load_checkpoint(root: str, model, optimizer, scheduler, args):
     """Restore into built model/optimizer/scheduler; returns (iteration, consumed_samples)."""
     iteration, common = read_checkpoint_args(root)
-    path = iteration_dir(root, iteration)
+    path = _existing_iteration_dir(root, iteration)
     saved = common.get("args", {})
     check_compatible(saved, args, path)
     # --finetune, or a checkpoint with weights only (as tools/convert_from_hf.py writes).

@@ -1,5 +1,5 @@
 """Hugging Face checkpoint directories: read tensors one at a time, write sharded safetensors as a
-stream, carry the tokenizer across.
+stream, carry the tokenizer and the publisher's remote code (configuration_*.py, modeling_*.py) across.
 
 Reading never loads a whole shard: safetensors files are opened with safe_open (each get_tensor
 reads one tensor), .bin files with torch.load(mmap=True, weights_only=True), which maps the file
@@ -40,6 +40,22 @@ def _is_tokenizer_file(name: str) -> bool:
     # tokenization_*.py: publisher code that tokenizer_config.json's auto_map points to (CrystalCoder).
     return name in TOKENIZER_FILES or name.endswith(".tiktoken") or (
         name.startswith("tokenization_") and name.endswith(".py"))
+
+
+def _is_remote_code_file(name: str) -> bool:
+    # The modules config.json's auto_map points to (CrystalCoder: configuration_crystalcoder.py,
+    # modeling_crystalcoder.py); transformers runs them with trust_remote_code=True.
+    return name.endswith(".py") and name.startswith(("configuration_", "modeling_"))
+
+
+def auto_map_modules(config: dict) -> list[str]:
+    """File names of the local modules config.json's auto_map refers to ("module.Class" -> module.py).
+    References into another repository ("org/repo--module.Class") are fetched by transformers itself."""
+    refs = []
+    for value in (config.get("auto_map") or {}).values():
+        refs += value if isinstance(value, (list, tuple)) else [value]
+    return sorted({ref.rsplit(".", 1)[0] + ".py" for ref in refs
+                   if isinstance(ref, str) and "." in ref and "--" not in ref})
 
 
 def read_json(path: str, what: str) -> dict:
@@ -86,9 +102,7 @@ class HFWeights:
     @staticmethod
     def _names_in(path: str) -> list[str]:
         if path.endswith(".safetensors"):
-            from safetensors import safe_open
-
-            with safe_open(path, framework="pt") as f:
+            with _safe_open(path) as f:
                 return list(f.keys())
         return list(_load_bin(path).keys())
 
@@ -102,9 +116,7 @@ class HFWeights:
         if file not in self._open:
             path = os.path.join(self.directory, file)
             if file.endswith(".safetensors"):
-                from safetensors import safe_open
-
-                self._open[file] = safe_open(path, framework="pt")
+                self._open[file] = _safe_open(path)
             else:
                 self._open[file] = _load_bin(path)
         return self._open[file]
@@ -135,6 +147,17 @@ class HFWeights:
         if isinstance(handle, dict):
             return handle[name].dtype
         return {v: k for k, v in _ST_DTYPES.items()}[handle.get_slice(name).get_dtype()]
+
+
+def _safe_open(path: str):
+    """safe_open, which checks the header against the file's size (a truncated download fails here)."""
+    from safetensors import safe_open
+
+    try:
+        return safe_open(path, framework="pt")
+    except Exception as exc:  # SafetensorError: bad header, file shorter than the header says
+        raise ConversionError(f"cannot read {path}: {type(exc).__name__}: {exc}. The file is truncated or "
+                              "corrupt; re-download it") from exc
 
 
 def _load_bin(path: str) -> dict:
@@ -242,10 +265,18 @@ class SafetensorsStreamWriter:
 
 def copy_tokenizer(source_dir: str, dest_dir: str) -> list[str]:
     """Copy the tokenizer files found in source_dir; returns their names (empty: none found)."""
+    return _copy_files(source_dir, dest_dir, _is_tokenizer_file)
+
+
+def copy_remote_code(source_dir: str, dest_dir: str) -> list[str]:
+    """Copy the configuration_*.py / modeling_*.py files found in source_dir; returns their names."""
+    return _copy_files(source_dir, dest_dir, _is_remote_code_file)
+
+
+def _copy_files(source_dir: str, dest_dir: str, wanted) -> list[str]:
     if not source_dir or not os.path.isdir(source_dir):
         return []
-    names = sorted(n for n in os.listdir(source_dir)
-                   if _is_tokenizer_file(n) and os.path.isfile(os.path.join(source_dir, n)))
+    names = sorted(n for n in os.listdir(source_dir) if wanted(n) and os.path.isfile(os.path.join(source_dir, n)))
     if names:
         os.makedirs(dest_dir, exist_ok=True)
         for name in names:

@@ -3,9 +3,11 @@ saved at TP2 resumes at PP2; damaged or mismatched checkpoints fail clearly and 
 
 import os
 import shutil
+import subprocess
 
 import pytest
-from launch import TINY_ARGS, read_losses, run_pretrain
+from launch import REPO, TINY_ARGS, read_losses, run_pretrain, torchrun_cmd
+from launch import test_env as launch_env  # renamed: pytest would collect a test_* name
 
 TOTAL, SAVED_AT = 6, 3
 
@@ -81,6 +83,46 @@ def test_truncated_checkpoint_fails_clearly(uninterrupted, tmp_path):
     assert proc.returncode != 0
     assert "cannot load checkpoint" in proc.stdout and "truncated" in proc.stdout
     assert _snapshot(ckpt) == before
+
+
+def _resume_and_compare(ckpt, expected, tmp_path, save: bool = False):
+    """Resume from ckpt at TP2 up to TOTAL; the losses must be the uninterrupted run's, bit for bit."""
+    log = tmp_path / "resumed.jsonl"
+    run_pretrain(TINY_ARGS + ["--train-iters", TOTAL, "--load", ckpt, "--tensor-model-parallel-size", 2,
+                              "--log-json", log] + (["--save", ckpt] if save else []), nproc=2)
+    resumed = read_losses(log)
+    assert sorted(resumed) == list(range(SAVED_AT + 1, TOTAL + 1))
+    assert resumed == {it: expected[it] for it in resumed}
+
+
+def test_crash_during_save_keeps_previous_checkpoint(uninterrupted, tmp_path):
+    """The process is killed while writing its second checkpoint (tests/checkpoint/crash_during_save.py):
+    the first stays the latest, nothing of the second is taken for a checkpoint, and resuming from
+    what is on disk continues the uninterrupted run exactly."""
+    _, expected = uninterrupted
+    ckpt = tmp_path / "ckpt"
+    cmd = torchrun_cmd(2, str(REPO / "tests/checkpoint/crash_during_save.py")) + [str(a) for a in TINY_ARGS + [
+        "--train-iters", TOTAL, "--tensor-model-parallel-size", 2, "--save", ckpt, "--save-interval", SAVED_AT]]
+    with open(tmp_path / "crash.log", "w") as out:  # a file, not a pipe: nothing can hold it open
+        proc = subprocess.run(cmd, cwd=REPO, env=launch_env(), stdout=out, stderr=subprocess.STDOUT, timeout=300)
+    assert proc.returncode != 0, "the simulated crash did not happen"
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == str(SAVED_AT)
+    assert not (ckpt / f"iter_{TOTAL:07d}").exists()
+    assert (ckpt / f"iter_{TOTAL:07d}.tmp").exists()  # the crashed save's partial files, never renamed
+    _resume_and_compare(ckpt, expected, tmp_path, save=True)
+    # The resumed run's own save of that iteration replaced the leftovers with a complete checkpoint.
+    assert not (ckpt / f"iter_{TOTAL:07d}.tmp").exists()
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == str(TOTAL)
+
+
+def test_crash_between_renames_of_a_resave_keeps_previous_checkpoint(uninterrupted, tmp_path):
+    """Re-saving an existing iteration moves the old directory aside before renaming the new one in;
+    a crash between the two renames leaves ITER.old and no ITER. Loading must still find it."""
+    _, expected = uninterrupted
+    ckpt = checkpoint_at(uninterrupted, tmp_path)
+    (ckpt / f"iter_{SAVED_AT:07d}").rename(ckpt / f"iter_{SAVED_AT:07d}.old")
+    (ckpt / f"iter_{SAVED_AT:07d}.tmp").mkdir()  # the new save's directory, not complete
+    _resume_and_compare(ckpt, expected, tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from megatron_ext.checkpoint.hf_arch import (half_split_to_interleaved, interlea
                                              permute_head_channels)
 
 LAYOUTS = {"tp2": (2, 1), "pp2": (1, 2), "tp2xpp2": (2, 2)}
-LLAMA_CASES = [("llama", layout) for layout in LAYOUTS] + [("llama-tied", "pp2"), ("llama-tied", "tp2xpp2")]
+LLAMA_CASES = [(case, layout) for case in ("llama", "llama-tied") for layout in LAYOUTS]
 OTHER_CASES = [("llama-mup", "tp2xpp2"), ("llama-tied-mup", "pp2"), ("crystal", "tp2xpp2"), ("llama-interleaved", "tp2xpp2"),
                ("crystal-half-split", "tp2"), ("crystal-half-split", "pp2")]
 # μP multipliers given to a plain model (the same weights then compute different logits).
