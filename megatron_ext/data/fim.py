@@ -100,10 +100,13 @@ def permute_document(doc: np.ndarray, rng: np.random.Generator, rates: FIMRates,
         return _arrange(doc[:lo], doc[lo:hi], doc[hi:], spm, sentinels)
     if mode != "char":
         raise ValueError(f"FIM split mode {mode!r} unknown; choose from {FIM_SPLIT_MODES}")
-    # Character level: cut the text, so a cut never falls inside a token.
-    text = tokenizer.detokenize(doc.tolist())
+    # Character level: cut the text, so a cut never falls inside a token. Fragment encoding: a
+    # SentencePiece model would otherwise put a space before each piece and drop leading ones.
+    decode = getattr(tokenizer, "detokenize_fragment", tokenizer.detokenize)
+    encode = getattr(tokenizer, "tokenize_fragment", tokenizer.tokenize)
+    text = decode(doc.tolist())
     lo, hi = sorted(int(f * (len(text) + 1)) for f in u)
-    pieces = [tokenizer.tokenize(t) for t in (text[:lo], text[lo:hi], text[hi:])]
+    pieces = [encode(t) for t in (text[:lo], text[lo:hi], text[hi:])]
     return _arrange(*pieces, spm, sentinels)
 
 

@@ -69,6 +69,15 @@ class _Tokenizer(MegatronTokenizerBase):
     def apply_chat_template(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} is for pretraining; no chat template")
 
+    # A fragment is a piece cut out of a document (fill-in-the-middle cuts text at character
+    # positions): it must round-trip exactly, so that the pieces of a document decode and join to
+    # the document. The default tokenize/detokenize already do for byte-level tokenizers.
+    def tokenize_fragment(self, text: str) -> list[int]:
+        return self.tokenize(text)
+
+    def detokenize_fragment(self, ids: Sequence[int]) -> str:
+        return self.detokenize(ids)
+
 
 class SentencePieceTokenizer(_Tokenizer):
     """A SentencePiece ``.model`` file (e.g. from :func:`train_sentencepiece`, or LLaMA's)."""
@@ -109,6 +118,29 @@ class SentencePieceTokenizer(_Tokenizer):
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return self._sp.decode([int(i) for i in ids])
+
+    @property
+    def _fragment_sp(self):
+        """The same model without the dummy-prefix space (which encode adds before the text and
+        decode strips from the first piece) and without whitespace clean-up: a fragment such as
+        "dd(a, " then encodes to exactly its own characters, and decodes back with its spaces."""
+        if getattr(self, "_fragment_processor", None) is None:
+            import sentencepiece
+            from sentencepiece import sentencepiece_model_pb2
+
+            proto = sentencepiece_model_pb2.ModelProto()
+            proto.ParseFromString(self._sp.serialized_model_proto())
+            proto.normalizer_spec.add_dummy_prefix = False
+            proto.normalizer_spec.remove_extra_whitespaces = False
+            self._fragment_processor = sentencepiece.SentencePieceProcessor(
+                model_proto=proto.SerializeToString())
+        return self._fragment_processor
+
+    def tokenize_fragment(self, text: str) -> list[int]:
+        return self._fragment_sp.encode(text)
+
+    def detokenize_fragment(self, ids: Sequence[int]) -> str:
+        return self._fragment_sp.decode([int(i) for i in ids])
 
 
 class HuggingFaceTokenizer(_Tokenizer):
@@ -312,22 +344,34 @@ class SpecialTokensTokenizer(_Tokenizer):
         return self.base.bos
 
     def tokenize(self, text: str) -> list[int]:
+        return self._tokenize(text, self.base.tokenize)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self._detokenize(ids, self.base.detokenize)
+
+    def tokenize_fragment(self, text: str) -> list[int]:
+        return self._tokenize(text, self.base.tokenize_fragment)
+
+    def detokenize_fragment(self, ids: Sequence[int]) -> str:
+        return self._detokenize(ids, self.base.detokenize_fragment)
+
+    def _tokenize(self, text: str, encode) -> list[int]:
         if self._pattern is None:
-            return self.base.tokenize(text)
+            return encode(text)
         ids: list[int] = []
         for i, piece in enumerate(self._pattern.split(text)):
             if i % 2:  # odd pieces are the captured special tokens
                 ids.append(self.special_token_ids[piece])
             elif piece:
-                ids.extend(self.base.tokenize(piece))
+                ids.extend(encode(piece))
         return ids
 
-    def detokenize(self, ids: Sequence[int]) -> str:
+    def _detokenize(self, ids: Sequence[int], decode) -> str:
         out, run = [], []
         for i in (int(i) for i in ids):
             if i in self._id_to_token:
                 if run:
-                    out.append(self.base.detokenize(run))
+                    out.append(decode(run))
                     run = []
                 out.append(self._id_to_token[i])
             elif i >= self.base.vocab_size:
@@ -335,7 +379,7 @@ class SpecialTokensTokenizer(_Tokenizer):
             else:
                 run.append(i)
         if run:
-            out.append(self.base.detokenize(run))
+            out.append(decode(run))
         return "".join(out)
 
 

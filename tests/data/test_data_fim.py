@@ -174,3 +174,44 @@ def test_shorter_re_encoding_is_padded_and_masked():
     out, n_pad = fim_window(window, np.random.default_rng(0), FIMRates(1.0, 0.0), S, EOD, PAD,
                             tokenizer=Dropping(), mode="char")
     assert len(out) == len(window) and n_pad > 0 and (out[-n_pad:] == PAD).all()
+
+
+@pytest.fixture(scope="module")
+def crystal_sp_tokenizer(tmp_path_factory):
+    """A real SentencePiece BPE model (with the dummy-prefix space, as LLaMA's has) trained on a
+    slice of the bundled code, plus Crystal's special tokens: what crystal_phase2.sh uses."""
+    import json
+    from pathlib import Path
+
+    from megatron_ext.data.tokenizers import build_tokenizer, train_sentencepiece
+
+    corpus = Path(__file__).resolve().parents[2] / "data" / "corpus" / "code.jsonl"
+    d = tmp_path_factory.mktemp("fim_sp")
+    docs = [json.loads(line)["text"] for line in corpus.read_text(encoding="utf-8").splitlines()[:20]]
+    (d / "code.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs), encoding="utf-8")
+    model = train_sentencepiece([str(d / "code.jsonl")], str(d / "tok"), vocab_size=600)
+    return build_tokenizer("SentencePieceTokenizer", model, special_tokens="crystal"), docs
+
+
+def test_character_level_split_with_sentencepiece_is_a_permutation(crystal_sp_tokenizer):
+    """Cut points fall inside words and runs of spaces; decoding the three re-encoded pieces and
+    joining them gives the document's text exactly: no space added at a cut, none lost."""
+    tok, docs = crystal_sp_tokenizer
+    sentinels = FIMSentinels.from_tokenizer(tok)
+    assert tok.tokenize("<|fim_prefix|>")[0] == sentinels.prefix == tok.base.vocab_size  # id 600: first special
+    checked = 0
+    for i, text in enumerate(docs[:8]):
+        doc = np.array(tok.tokenize(text[:400]))
+        expected = tok.detokenize_fragment(doc.tolist())
+        assert expected.lstrip(" ") == text[:400].lstrip(" ")  # only the dummy-prefix space differs
+        for seed in range(5):
+            out = permute_document(doc, np.random.default_rng(100 * i + seed), FIMRates(1.0, 0.0), sentinels,
+                                   tokenizer=tok, mode="char")
+            counts = Counter(out.tolist())
+            assert counts[sentinels.prefix] == counts[sentinels.middle] == counts[sentinels.suffix] == 1
+            i_suf, i_mid = list(out).index(sentinels.suffix), list(out).index(sentinels.middle)
+            prefix, suffix, middle = out[1:i_suf], out[i_suf + 1:i_mid], out[i_mid + 1:]
+            pieces = [tok.detokenize_fragment(p.tolist()) for p in (prefix, middle, suffix)]
+            assert "".join(pieces) == expected, f"doc {i} seed {seed}: {pieces!r}"
+            checked += 1
+    assert checked == 40
