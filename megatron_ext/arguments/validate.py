@@ -47,6 +47,7 @@ def validate(args: argparse.Namespace, world_size: int) -> None:
     _validate_layout(args, world_size)
     _validate_schedule(args)
     _validate_misc(args)
+    _validate_attention(args)
 
 
 def _validate_layout(args, world_size: int) -> None:
@@ -122,3 +123,27 @@ def _validate_misc(args) -> None:
         raise ConfigError("--use-mup needs --mup-base-hidden-size or --mup-width-scale")
     if args.tokenizer_type != "NullTokenizer" and not args.mock_data and not args.tokenizer_model:
         raise ConfigError(f"--tokenizer-type {args.tokenizer_type} needs --tokenizer-model")
+
+
+def _validate_attention(args) -> None:
+    """--attention-backend flash (or --use-flash-attn) is an explicit request: refuse it here when it
+    cannot be honoured, rather than at the first forward (or by silently running SDPA)."""
+    if args.attention_backend != "flash":
+        return
+    flag, fallback = "--attention-backend flash (--use-flash-attn)", "or use --attention-backend sdpa (or auto)"
+    if args.device == "cpu" or (args.device == "auto" and not _cuda_available()):
+        raise ConfigError(f"{flag} needs a CUDA device, but this run is on the CPU (flash-attn has no CPU "
+                          f"kernels): run on a GPU, {fallback}")
+    try:
+        from flash_attn import flash_attn_func  # noqa: F401  (what megatron_ext/layers/attention.py calls)
+    except (ImportError, OSError) as exc:
+        raise ConfigError(f"{flag} needs the flash-attn package, which cannot be imported ({exc}): "
+                          f"pip install flash-attn --no-build-isolation, {fallback}") from exc
+    if not (args.bf16 or args.fp16):
+        raise ConfigError(f"{flag} needs --bf16 or --fp16 (flash-attn has no fp32 kernels): add one, {fallback}")
+
+
+def _cuda_available() -> bool:
+    import torch  # only when flash is requested: flag errors should not pay for torch's import
+
+    return torch.cuda.is_available()

@@ -57,7 +57,10 @@ class RotaryCoreAttention(MegatronModule):
 
     def _use_flash(self, query) -> bool:
         backend = self.config.attention_kernel
-        if backend == "flash" and (flash_attn_func is None or not query.is_cuda):
-            raise RuntimeError("--attention-backend flash needs flash-attn installed and a CUDA device")
+        # Start-up validation (arguments/validate.py) refuses these; this guards direct use of the module.
+        if backend == "flash" and (flash_attn_func is None or not query.is_cuda
+                                   or query.dtype not in (torch.bfloat16, torch.float16)):
+            raise RuntimeError("--attention-backend flash needs flash-attn installed, a CUDA device and "
+                               "bf16/fp16 activations; or use --attention-backend sdpa")
         return backend in ("flash", "auto") and flash_attn_func is not None and query.is_cuda \
             and query.dtype in (torch.bfloat16, torch.float16)

@@ -35,6 +35,12 @@ class Norm(torch.nn.Module):
             if param is not None:
                 param.sequence_parallel = config.sequence_parallel
         self.apex = apex_norm_functions() if config.norm_impl == "apex" else None
+        if self.apex and not self.rms and self.bias is None:
+            # apex's fused_layer_norm_affine has no bias-free form (it calls bias.contiguous() and its
+            # custom op declares bias a Tensor): feed it a constant zero bias, which adds nothing and
+            # gets no gradient. Not persistent, so checkpoints hold exactly the parameters.
+            self.register_buffer("zero_bias", torch.zeros(hidden_size, dtype=config.params_dtype),
+                                 persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.apex:
@@ -42,7 +48,8 @@ class Norm(torch.nn.Module):
             shape = self.weight.shape
             if self.rms:
                 return rms_fn(x, self.weight, shape, self.eps)
-            return layer_fn(x, self.weight, self.bias, shape, self.eps)
+            bias = self.bias if self.bias is not None else self.zero_bias
+            return layer_fn(x, self.weight, bias, shape, self.eps)
         impl = self.config.kernel_impl
         if self.rms:
             return kernels.rms_norm(x, self.weight, self.eps, impl=impl)

@@ -3,6 +3,11 @@ import torch
 
 from megatron_ext.kernels import layer_norm
 
+
+def _id(value):
+    return str(value).replace("torch.", "")
+
+
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
@@ -38,9 +43,17 @@ def test_layer_norm_fwd_bwd(check, dtype, n, bias):
     _compare(check, x, w, b, dtype)
 
 
-@pytest.mark.parametrize("n", [4096, 10922])
-def test_layer_norm_model_sizes(check, n):
-    _compare(check, torch.randn(5, n), torch.randn(n), torch.randn(n), torch.float32)
+# Hidden sizes of the presets (3200 OpenLLaMA-3B, 4096 7B) and FFN-like widths (10922, 11008), which
+# pad to a 4096 / 16384 block. 5 rows: the backward's 4 partial programs, one of them owning two rows.
+@pytest.mark.parametrize("dtype,n", [(torch.float32, n) for n in (3200, 4096, 10922, 11008)]
+                         + [(torch.bfloat16, 4096), (torch.bfloat16, 10922)], ids=_id)
+def test_layer_norm_model_sizes(check, dtype, n):
+    x = torch.randn(5, n, dtype=dtype) * 2 + 1.0
+    _compare(check, x, torch.randn(n, dtype=dtype), torch.randn(n, dtype=dtype), dtype)
+
+
+def test_layer_norm_model_size_without_bias(check):
+    _compare(check, torch.randn(5, 4096) * 2 + 1.0, torch.randn(4096), None, torch.float32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -3,6 +3,11 @@ import torch
 
 from megatron_ext.kernels import rms_norm
 
+
+def _id(value):
+    return str(value).replace("torch.", "")
+
+
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
@@ -32,9 +37,12 @@ def test_rms_norm_fwd_bwd(check, dtype, n):
     _compare(check, x, w, dtype)
 
 
-@pytest.mark.parametrize("n", [3200, 11008])
-def test_rms_norm_model_sizes(check, n):
-    _compare(check, torch.randn(5, n), torch.randn(n), torch.float32)
+# Hidden sizes of the presets (3200 OpenLLaMA-3B, 4096 7B) and FFN-like widths (10922, 11008), which
+# pad to a 4096 / 16384 block. 5 rows: the backward's 4 partial programs, one of them owning two rows.
+@pytest.mark.parametrize("dtype,n", [(torch.float32, n) for n in (3200, 4096, 10922, 11008)]
+                         + [(torch.bfloat16, 4096), (torch.bfloat16, 11008)], ids=_id)
+def test_rms_norm_model_sizes(check, dtype, n):
+    _compare(check, torch.randn(5, n, dtype=dtype) + 0.5, torch.randn(n, dtype=dtype), dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

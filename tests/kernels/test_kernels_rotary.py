@@ -49,6 +49,17 @@ def test_rotary_fwd_bwd(check, dtype, interleaved, d, r):
     _compare(check, q, k, _freqs(s, r), interleaved, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("interleaved", [False, True], ids=["half-split", "interleaved"])
+@pytest.mark.parametrize("r", [128, 32], ids=["full", "partial-25pct"])
+def test_rotary_head_dim_128(check, dtype, interleaved, r):
+    # The 7B head dim; 25% partial rotary (Crystal) rotates 32 channels and passes 96 through.
+    s, b, hq, hk, d = 3, 2, 4, 2, 128
+    q = torch.randn(s, b, hq, d, dtype=dtype)
+    k = torch.randn(s, b, hk, d, dtype=dtype)
+    _compare(check, q, k, _freqs(s, r, start=2000), interleaved, dtype)  # large angles, as late positions
+
+
 @pytest.mark.parametrize("interleaved", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rotary_fused_qkv_view(check, interleaved, dtype):

@@ -3,6 +3,11 @@ import torch
 
 from megatron_ext.kernels import swiglu
 
+
+def _id(value):
+    return str(value).replace("torch.", "")
+
+
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
@@ -29,8 +34,11 @@ def test_swiglu_fwd_bwd(check, dtype, f):
     _compare(check, torch.randn(3, 4, 2 * f, dtype=dtype) * 3, dtype)
 
 
-def test_swiglu_model_size(check):
-    _compare(check, torch.randn(2, 2 * 10922), torch.float32)
+# FFN sizes of the 7B presets: 11008 (LLaMA / Amber) and 10922 (Crystal: a ragged last column block).
+@pytest.mark.parametrize("dtype,f", [(torch.float32, 11008), (torch.float32, 10922), (torch.bfloat16, 11008)],
+                         ids=_id)
+def test_swiglu_model_size(check, dtype, f):
+    _compare(check, torch.randn(2, 2 * f, dtype=dtype) * 3, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
