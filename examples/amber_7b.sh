@@ -12,7 +12,7 @@
 # One node:   bash examples/amber_7b.sh
 # N nodes:    NNODES=N NODE_RANK=i MASTER_ADDR=host0 bash examples/amber_7b.sh   (on each node), or
 #             sbatch --nodes N examples/slurm_multinode.sbatch examples/amber_7b.sh
-# CPU smoke:  SMOKE=1 bash examples/amber_7b.sh   (tiny LLaMA, mock data, PP2 on 2 processes: train, resume, export)
+# CPU smoke:  SMOKE=1 bash examples/amber_7b.sh   (tiny LLaMA, bundled corpus as a two-source token-count mix, PP2 on 2 processes: train, resume, export)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/lib/llama_pretrain.sh"

@@ -12,7 +12,7 @@
 # One node:   bash examples/openllama_3b.sh
 # N nodes:    NNODES=N NODE_RANK=i MASTER_ADDR=host0 bash examples/openllama_3b.sh   (on each node), or
 #             sbatch --nodes N examples/slurm_multinode.sbatch examples/openllama_3b.sh
-# CPU smoke:  SMOKE=1 bash examples/openllama_3b.sh   (tiny LLaMA, mock data, PP2 on 2 processes: train, resume, export)
+# CPU smoke:  SMOKE=1 bash examples/openllama_3b.sh   (tiny LLaMA, bundled corpus as a 0.5/0.5 --data-path blend, PP2 on 2 processes: train, resume, export)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/lib/llama_pretrain.sh"
@@ -20,6 +20,5 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/llama_pretrain.sh"
 PRESET_DEFAULT=openllama-3b
 #             NAME        LR    MIN_LR WARMUP DECAY  ITERS  GBS  TP PP DATA_MIX DATA_PATH
 ex_llama_vars openllama_3b 3e-4 3e-5   2000   cosine 238419 2048 2  1  ""       "\$DATA_ROOT/redpajama_text_document"
-DATA_PATH=${DATA_PATH//\$DATA_ROOT/$DATA_ROOT}  # the default names $DATA_ROOT literally
 if ex_help_requested "$@"; then ex_usage "examples/openllama_3b.sh: OpenLLaMA-3B pretraining"; exit 0; fi
 ex_llama_run

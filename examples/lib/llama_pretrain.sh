@@ -12,14 +12,17 @@ ex_llama_vars() {  # NAME LR MIN_LR WARMUP DECAY_STYLE TRAIN_ITERS GLOBAL_BATCH 
   ex_var EXPORT_DTYPE    bf16                fp32                  "dtype of the exported weights"
   ex_var TENSORBOARD_DIR "$WORK/tensorboard" "$WORK/tensorboard"   "TensorBoard logs"
   ex_var LOG_JSON        "$WORK/train_log.jsonl" "$WORK/train_log.jsonl" "per-iteration JSON log"
-  ex_var MOCK_DATA       0                   1                     "1: --mock-data (random tokens) instead of DATA_MIX/DATA_PATH"
-  ex_var DATA_MIX        "${10}"             ""                    "datamix JSON (--data-mix); empty: use DATA_PATH"
-  ex_var DATA_PATH       "${11}"             ""                    "--data-path (weights and prefixes) when DATA_MIX is empty"
-  ex_var DATA_ROOT       /data               /data                 "root of the mix's relative prefixes"
+  ex_var MOCK_DATA       0                   0                     "1: --mock-data (random tokens) instead of DATA_MIX/DATA_PATH"
+  # SMOKE stands in for the recipe's data with the bundled corpus: a mix file becomes a generated two-source
+  # mix weighted by token counts; a --data-path becomes Megatron-style weights over the two parts.
+  ex_var DATA_MIX        "${10}"             "${10:+$WORK/smoke_mix.json}" "datamix JSON (--data-mix); empty: use DATA_PATH"
+  ex_var DATA_PATH       "${11}"             "${11:+0.5 \$DATA_ROOT/english_text_document 0.5 \$DATA_ROOT/code_text_document}" \
+                                                                   "--data-path (weights and prefixes) when DATA_MIX is empty"
+  ex_var DATA_ROOT       /data               "$WORK/data"          "root of the mix's and DATA_PATH's prefixes"
   ex_var DATA_CACHE      "$WORK/data_cache"  "$WORK/data_cache"    "megatron-core dataset index cache"
-  ex_var SPLIT           998,2,0             998,2,0               "train,valid,test split of every source"
+  ex_var SPLIT           998,2,0             95,5,0                "train,valid,test split of every source"
   ex_var TOKENIZER_TYPE  SentencePieceTokenizer SentencePieceTokenizer "tokenizer class"
-  ex_var TOKENIZER_MODEL "$WORK/tokenizer.model" ""                "tokenizer model (LLaMA's 32000-piece model)"
+  ex_var TOKENIZER_MODEL "$WORK/tokenizer.model" "$WORK/tokenizer/smoke.model" "tokenizer model (LLaMA's 32000-piece model; SMOKE: trained)"
   ex_var GPUS_PER_NODE   8                   2                     "processes per node"
   ex_var NNODES          1                   1                     "nodes (torchrun --nnodes)"
   ex_var NODE_RANK       0                   0                     "this node's rank (torchrun --node-rank)"
@@ -51,6 +54,20 @@ ex_llama_vars() {  # NAME LR MIN_LR WARMUP DECAY_STYLE TRAIN_ITERS GLOBAL_BATCH 
 ex_llama_run() {
   mkdir -p "$WORK"
   export DATA_ROOT
+  DATA_PATH=${DATA_PATH//\$DATA_ROOT/$DATA_ROOT}  # defaults name $DATA_ROOT literally
+  if [ "$SMOKE" = 1 ] && [ "$MOCK_DATA" != 1 ]; then
+    TOKENIZER_MODEL=$(ex_smoke_tokenizer "$(dirname "$TOKENIZER_MODEL")")
+    ex_smoke_preprocess "$DATA_ROOT" "$TOKENIZER_MODEL"
+    if [ -n "$DATA_MIX" ] && [ ! -f "$DATA_MIX" ]; then
+      cat > "$DATA_MIX" <<EOF
+{"comment": "smoke stand-in for the recipe's mix: the bundled prose and code, weighted by token counts",
+ "data_root": "\$DATA_ROOT",
+ "sources": [
+   {"name": "english", "prefix": "english_text_document", "tokens": 3.0e6},
+   {"name": "code", "prefix": "code_text_document", "tokens": 1.0e6}]}
+EOF
+    fi
+  fi
   local init=""
   if [ -n "$INIT_HF" ]; then
     init=$CONVERTED_DIR

@@ -6,10 +6,13 @@ import shutil
 import subprocess
 
 import pytest
-from launch import REPO, TINY_ARGS, read_losses, run_pretrain, torchrun_cmd
+from launch import REPO, read_log, read_losses, run_pretrain, torchrun_cmd
+from launch import TINY_ARGS as LAYOUT_ARGS
 from launch import test_env as launch_env  # renamed: pytest would collect a test_* name
 
 TOTAL, SAVED_AT = 6, 3
+# Warm-up then cosine decay across the save, so a resume must restore the scheduler's position too.
+TINY_ARGS = LAYOUT_ARGS + ["--lr-warmup-iters", 2, "--lr-decay-style", "cosine", "--min-lr", 1e-3]
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +53,12 @@ def test_resume_continues_the_uninterrupted_run(layout, uninterrupted, tmp_path)
                                      "--log-json", log] + layout, nproc=2)
     resumed = read_losses(log)
     assert sorted(resumed) == list(range(SAVED_AT + 1, TOTAL + 1)), proc.stdout[-3000:]
+    # The schedule continues where it was: the same (decaying) learning rate at every step.
+    ckpt, _ = uninterrupted
+    expected_lr = read_log(ckpt.parent / "log.jsonl", "learning-rate")
+    resumed_lr = read_log(log, "learning-rate")
+    assert resumed_lr == {it: expected_lr[it] for it in resumed_lr}
+    assert len(set(resumed_lr.values())) == len(resumed_lr)  # it does move
     same_layout = "--tensor-model-parallel-size" in layout
     for it, loss in resumed.items():
         if same_layout:  # bit-for-bit the same computation

@@ -3,6 +3,7 @@ checkpoint in a second training run (iterations continue 4, 5, 6 after 1, 2, 3) 
 directory. Same scripts as the real runs; SMOKE only changes the defaults of their variables."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -14,8 +15,9 @@ from launch import REPO, free_port
 EXAMPLES = {
     # script: (expected HF model_type, expected vocabulary of the export)
     "crystal_phase2.sh": ("crystalcoder", 512),
-    "amber_7b.sh": ("llama", 512),
-    "openllama_3b.sh": ("llama", 512),
+    # the smoke tokenizer's 490 pieces (the padding rows to 512 are dropped on export)
+    "amber_7b.sh": ("llama", 490),
+    "openllama_3b.sh": ("llama", 490),
 }
 ITERATION = re.compile(r"^\s*iteration\s+(\d+)/\s*(\d+)\s*\|", re.M)
 
@@ -47,11 +49,46 @@ def test_example_smoke(script, tmp_path):
     model_type, vocab = EXAMPLES[script]
     assert config["model_type"] == model_type
     assert config["vocab_size"] == vocab
+    # Trained on the bundled corpus (tokenizer trained on it, both parts preprocessed), not mock data.
+    assert "--mock-data" not in out
+    assert (hf / "tokenizer.model").is_file()
+    for part in ("english", "code"):
+        assert (work / "data" / f"{part}_text_document.bin").stat().st_size > 100_000
     if script == "crystal_phase2.sh":
         # The phase-1 stand-in was converted once and the μP values came from it.
         assert (work / "converted" / "latest_checkpointed_iteration.txt").is_file()
         assert config["mup_embeddings_scale"] == pytest.approx(14.6)
-        assert (hf / "tokenizer.model").is_file()
+        assert "--data-mix" in out and "fim_rate" in (work / "smoke_mix.json").read_text()
+    elif script == "amber_7b.sh":  # Amber's mix is given in tokens; so is its smoke stand-in
+        assert "--data-mix" in out
+        assert all("tokens" in source for source in json.loads((work / "smoke_mix.json").read_text())["sources"])
+    else:  # OpenLLaMA's recipe takes Megatron's --data-path weights
+        assert re.search(r"--data-path 0\.5 \S+/english_text_document 0\.5 \S+/code_text_document", out), out[-3000:]
+    # Training moved the loss on real text (validation at iteration 0 is the untrained model's).
+    valid = [float(v) for v in re.findall(r"validation loss at iteration \d+ \| lm loss value: (\S+) \|", out)]
+    assert valid and all(4.0 < v < 8.0 for v in valid), valid
+
+
+def test_slurm_batch_file_passes_the_rendezvous_to_the_recipe(tmp_path):
+    """The sbatch file under stand-ins for srun and scontrol (node 1 of a 2-node job): the recipe it
+    starts sees Slurm's node count, its own node rank and node 0 as the rendezvous host."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # srun: drop its options, run the command as the task of node 1. scontrol: the job's two hosts.
+    (bin_dir / "srun").write_text('#!/usr/bin/env bash\nwhile [[ $1 == --* ]]; do shift; done\n'
+                                  'SLURM_NODEID=1 exec "$@"\n')
+    (bin_dir / "scontrol").write_text('#!/usr/bin/env bash\nprintf "gpu-a17\\ngpu-a18\\n"\n')
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    env = {**launch.test_env(), "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": sys.executable,
+           "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu-a[17-18]", "SLURM_JOB_ID": "4242",
+           "SLURM_SUBMIT_DIR": str(REPO)}
+    proc = subprocess.run(["bash", str(REPO / "examples" / "slurm_multinode.sbatch"), "examples/crystal_phase2.sh",
+                           "--help"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    values = dict(re.findall(r"^  (\w+) .*\n\s+= (.*)$", proc.stdout, re.M))
+    assert (values["NNODES"], values["NODE_RANK"], values["MASTER_ADDR"]) == ("2", "1", "gpu-a17"), values
+    assert values["MASTER_PORT"] == str(20000 + 4242 % 20000)
 
 
 def test_example_help_lists_variables():
