@@ -4,11 +4,12 @@
 # put as the model widens; under SP it should move (down). Results: $OUT/transfer.md (table),
 # $OUT/transfer.png (loss vs LR per width), $OUT/transfer.json. See docs/mup_transfer.md.
 #
-# The default is small enough for 2 CPU cores (~10-15 min): widths 64 128 256, 5 LRs, 100 steps.
+# The default fits 2 CPU cores (~15 min): widths 64 128 256, 5 LRs, 200 steps of 32 x 64 tokens. Shorter
+# runs (ITERS=100 GBS=16) are noisy enough to move the best LR by a grid step either way.
 #   PYTHON=...   interpreter (default .venv/bin/python)     OUT=...     output dir (build/mup_transfer)
 #   WIDTHS="64 128 256"   hidden sizes (head_dim fixed at HEAD_DIM=16, FFN = 2.75 x width)
 #   LRS="..."    base learning rates (μP: the LR of the base width; SP: the LR of every parameter)
-#   PARAMS="sp mup"   BASE=64 (μP base width)   LAYERS=2   ITERS=100   WARMUP=10   SEQ=64   GBS=16
+#   PARAMS="sp mup"   BASE=64 (μP base width)   LAYERS=2   ITERS=200   WARMUP=20   SEQ=64   GBS=32
 #   VOCAB=1024 (tokenizer size)   INIT_STD=0.02 (SP std = μP sigma_base)   SEED=1234
 #   JOBS=2 (runs in parallel; one thread each)   DEVICE=cpu|cuda   MUP_EXTRA="--mup-output-alpha 2 ..."
 # Bigger, e.g. on a GPU: DEVICE=cuda WIDTHS="128 256 512 1024 2048" LAYERS=4 ITERS=1000 SEQ=256 GBS=32 JOBS=1
@@ -23,10 +24,10 @@ PARAMS=${PARAMS:-sp mup}
 BASE=${BASE:-64}
 HEAD_DIM=${HEAD_DIM:-16}
 LAYERS=${LAYERS:-2}
-ITERS=${ITERS:-100}
-WARMUP=${WARMUP:-10}
+ITERS=${ITERS:-200}
+WARMUP=${WARMUP:-20}
 SEQ=${SEQ:-64}
-GBS=${GBS:-16}
+GBS=${GBS:-32}
 MBS=${MBS:-$GBS}
 VOCAB=${VOCAB:-1024}
 INIT_STD=${INIT_STD:-0.02}
