@@ -65,3 +65,32 @@ def test_pipeline_run_evaluating_on_its_last_iteration_finishes(tmp_path):
                                      "--pipeline-model-parallel-size", 2, "--log-json", log], nproc=2, timeout=300)
     assert "final validation loss at iteration 2" in proc.stdout
     assert sorted(read_log(log, "validation lm loss")) == [0, 2]
+
+
+# μP with Crystal's architecture (LayerNorm + biases, tied embeddings, partial GPT-J RoPE, 1/d attention,
+# embedding and logits multipliers): the multipliers must apply once on every layout, the logits one before
+# the vocab-parallel cross entropy, and the tied embedding must stay tied across pipeline stages.
+MUP_ARGS = TINY_ARGS + ["--model-preset", "tiny-crystal", "--train-iters", ITERS]
+MUP_LAYOUTS = {
+    "tp2-sequence-parallel": (2, ["--tensor-model-parallel-size", 2, "--sequence-parallel"]),
+    "pp2-tied-embeddings": (2, ["--pipeline-model-parallel-size", 2]),
+    "dp2-distributed-optimizer": (2, ["--use-distributed-optimizer"]),
+}
+
+
+@pytest.fixture(scope="module")
+def mup_reference_losses(tmp_path_factory):
+    log = tmp_path_factory.mktemp("mup_single") / "log.jsonl"
+    run_pretrain(MUP_ARGS + ["--log-json", log])
+    losses = read_losses(log)
+    assert sorted(losses) == list(range(1, ITERS + 1))
+    assert losses[ITERS] < losses[1]  # the μP model trains
+    return losses
+
+
+@pytest.mark.parametrize("layout", list(MUP_LAYOUTS))
+def test_mup_crystal_layout_matches_single_process(layout, mup_reference_losses, tmp_path):
+    nproc, extra = MUP_LAYOUTS[layout]
+    log = tmp_path / "log.jsonl"
+    run_pretrain(MUP_ARGS + ["--log-json", log] + extra, nproc=nproc)
+    assert_same_losses(read_losses(log), mup_reference_losses)
