@@ -22,8 +22,9 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "transformers>=4.45", "matplotlib"],
+        "test": ["pytest", "transformers>=4.45", "matplotlib", "pyarrow"],
         "plots": ["matplotlib"],
+        "parquet": ["pyarrow"],  # tools/preprocess_data.py reading .parquet
         # apex (NVIDIA's, not the PyPI name) is built from source; both are optional backends.
         "gpu": ["flash-attn"],
     },

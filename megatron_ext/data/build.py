@@ -56,3 +56,28 @@ def _fim_rates(args):
     if list(args.data_path) != mix.data_path():
         raise SystemExit("error: --data-mix and --data-path are alternatives: give one")
     return mix.fim_rates()
+
+
+def describe_data(args) -> str:
+    """One start-up line per source: what the run samples from, with what weight, and the FIM it gets."""
+    if args.mock_data:
+        return " > data: mock (random tokens)"
+    if getattr(args, "data_mix", None):
+        from megatron_ext.data.datamix import load_data_mix
+
+        sources = [(s.name, s.weight, s.fim) for s in load_data_mix(args.data_mix).sources]
+    else:
+        path = list(args.data_path)
+        try:  # Megatron-LM's "w1 p1 w2 p2 ..." or plain prefixes (equal weights)
+            pairs = [(float(w), p) for w, p in zip(path[::2], path[1::2])] if len(path) > 1 else [(1.0, path[0])]
+        except ValueError:
+            pairs = [(1.0, p) for p in path]
+        sources = [(prefix, weight, None) for weight, prefix in pairs]
+    total = sum(weight for _, weight, _ in sources)
+    lines = [f" > data: {len(sources)} source(s), split {args.split}"]
+    for name, weight, fim in sources:
+        fim_text = (f", FIM rate {fim.fim_rate:g} (SPM {fim.spm_rate:g}, {args.fim_split} split)"
+                    if fim is not None and fim.fim_rate > 0 else "")
+        lines.append(f"     {name}: weight {weight / total:.4f}{fim_text}")
+    return "\n".join(lines)
+

@@ -128,8 +128,11 @@ class _Reader:
     def __init__(self, path: str, json_keys: Sequence[str]):
         self.path, self.keys, self.format = path, list(json_keys), _input_format(path)
         if self.format == ".parquet":
-            import pyarrow.parquet as pq
-
+            try:
+                import pyarrow.parquet as pq
+            except ImportError as exc:
+                raise PreprocessError(f"{path}: reading .parquet needs pyarrow, which is not installed: "
+                                      "pip install pyarrow (or megatron-ext[parquet])") from exc
             self._pq = pq.ParquetFile(path)
             self.total = self._pq.metadata.num_rows
             missing = [k for k in self.keys if k not in self._pq.schema_arrow.names]

@@ -92,20 +92,13 @@ def measure(argv: list[str], device: torch.device) -> dict:
     """Build the model that `argv` describes, train args.train_iters steps, and return
     {module: [mean |output| at step 0, 1, ...]} (step t: the forward before the t-th update)."""
     from megatron_ext.arguments import parse_args
-    from megatron_ext.models.config import transformer_config
-    from megatron_ext.models.gpt import build_model
-    from megatron_ext.models.parametrization import build_parametrization
-    from megatron_ext.training.loop import connect_schedule, train_step
-    from megatron_ext.training.optimizer import build_optimizer, build_scheduler
+    from megatron_ext.training.build import build_trainable
+    from megatron_ext.training.loop import train_step
 
     args = parse_args(argv, world_size=1)
     _ensure_parallel_state(args)
-    parametrization = build_parametrization(args)
-    config = transformer_config(args, on_cpu=device.type == "cpu", mup_multipliers=parametrization.multipliers)
-    chunks = build_model(config, args, args.vocab_size, parametrization, device)
-    optimizer = build_optimizer(args, chunks, parametrization)
-    scheduler = build_scheduler(args, optimizer)
-    connect_schedule(config, chunks, optimizer, args)
+    built = build_trainable(args, device, args.vocab_size)
+    chunks, optimizer, scheduler, config = built.model, built.optimizer, built.scheduler, built.config
     for chunk in chunks:
         chunk.train()
 

@@ -31,14 +31,12 @@ def pretrain(argv: list[str] | None = None) -> float | None:
 def _run(args, platform) -> float | None:
     # Imported here so --help and flag errors do not pay for megatron-core's import.
     from megatron_ext.checkpoint.dist import load_checkpoint, save_checkpoint
-    from megatron_ext.data.build import build_datasets, build_vocab
+    from megatron_ext.data.build import build_datasets, build_vocab, describe_data
     from megatron_ext.data.loader import micro_batches
-    from megatron_ext.models.config import transformer_config
-    from megatron_ext.models.gpt import build_model, count_parameters, padded_vocab_size
-    from megatron_ext.models.parametrization import build_parametrization
+    from megatron_ext.models.gpt import count_parameters, padded_vocab_size
+    from megatron_ext.training.build import build_trainable
     from megatron_ext.training.logging import TrainLogger
-    from megatron_ext.training.loop import TrainState, connect_schedule, evaluate, train
-    from megatron_ext.training.optimizer import build_optimizer, build_scheduler
+    from megatron_ext.training.loop import TrainState, evaluate, train
     from megatron_ext.training.parallel import data_parallel_rank_and_size, initialize_parallel, is_last_rank
 
     initialize_parallel(args)
@@ -46,12 +44,8 @@ def _run(args, platform) -> float | None:
     if args.tokenizer_type != "NullTokenizer":  # NullTokenizer adds its EOD to the --vocab-size it is given
         args.vocab_size = vocab_size  # saved with checkpoints: exporters drop the padding rows past it
     args.padded_vocab_size = padded_vocab_size(vocab_size, args.make_vocab_size_divisible_by)
-    parametrization = build_parametrization(args)
-    config = transformer_config(args, on_cpu=platform.is_cpu, mup_multipliers=parametrization.multipliers)
-    model = build_model(config, args, vocab_size, parametrization, platform.device)
-    optimizer = build_optimizer(args, model, parametrization)
-    scheduler = build_scheduler(args, optimizer)
-    connect_schedule(config, model, optimizer, args)
+    built = build_trainable(args, platform.device, vocab_size)
+    model, optimizer, scheduler = built.model, built.optimizer, built.scheduler
 
     state = TrainState()
     if args.load:
@@ -68,6 +62,7 @@ def _run(args, platform) -> float | None:
         print(f" > {count_parameters(model):,} parameters on the last rank; layout TP{args.tensor_model_parallel_size}"
               f" x PP{args.pipeline_model_parallel_size} x DP{args.data_parallel_size} on {platform.device.type}"
               f" ({platform.backend})", flush=True)
+        print(describe_data(args), flush=True)
 
     def validation_loss():  # the same held-out batches every time, so values compare across a run
         return evaluate(model, iterators(valid_ds, 0, cycle=True), args) if valid_ds is not None else None

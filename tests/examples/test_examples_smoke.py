@@ -59,6 +59,9 @@ def test_example_smoke(script, tmp_path):
         assert (work / "converted" / "latest_checkpointed_iteration.txt").is_file()
         assert config["mup_embeddings_scale"] == pytest.approx(14.6)
         assert "--data-mix" in out and "fim_rate" in (work / "smoke_mix.json").read_text()
+        # FIM on the code source only, at phase 2's rates, as the run reports at start-up.
+        assert "code: weight 0.6280, FIM rate 0.9 (SPM 0.5, char split)" in out, out[-3000:]
+        assert re.search(r"english: weight 0\.3720\n", out)
     elif script == "amber_7b.sh":  # Amber's mix is given in tokens; so is its smoke stand-in
         assert "--data-mix" in out
         assert all("tokens" in source for source in json.loads((work / "smoke_mix.json").read_text())["sources"])

@@ -42,19 +42,11 @@ def count_kernel_calls() -> None:
 def build_variant(args, platform):
     from megatron_ext.data.build import build_datasets
     from megatron_ext.data.loader import micro_batches
-    from megatron_ext.models.config import transformer_config
-    from megatron_ext.models.gpt import build_model
-    from megatron_ext.models.parametrization import build_parametrization
-    from megatron_ext.training.loop import connect_schedule
-    from megatron_ext.training.optimizer import build_optimizer, build_scheduler
+    from megatron_ext.training.build import build_trainable
     from megatron_ext.training.parallel import data_parallel_rank_and_size
 
-    parametrization = build_parametrization(args)
-    config = transformer_config(args, on_cpu=True, mup_multipliers=parametrization.multipliers)
-    model = build_model(config, args, args.vocab_size, parametrization, platform.device)
-    optimizer = build_optimizer(args, model, parametrization)
-    scheduler = build_scheduler(args, optimizer)
-    connect_schedule(config, model, optimizer, args)
+    built = build_trainable(args, platform.device, args.vocab_size)
+    model, optimizer, scheduler = built.model, built.optimizer, built.scheduler
     train_ds, _ = build_datasets(args, None, args.vocab_size)
     dp_rank, dp_size = data_parallel_rank_and_size()
     iterators = [micro_batches(train_ds, 0, args.micro_batch_size, dp_rank, dp_size) for _ in model]

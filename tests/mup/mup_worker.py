@@ -36,23 +36,16 @@ def main(out_prefix: str, argv: list[str]) -> None:
 
     from megatron_ext.data.build import build_datasets
     from megatron_ext.data.loader import micro_batches
-    from megatron_ext.models.config import transformer_config
-    from megatron_ext.models.gpt import build_model
     from megatron_ext.models.init import global_param_name
-    from megatron_ext.models.parametrization import build_parametrization
-    from megatron_ext.training.loop import connect_schedule, train_step
-    from megatron_ext.training.optimizer import build_optimizer, build_scheduler
+    from megatron_ext.training.build import build_trainable
+    from megatron_ext.training.loop import train_step
     from megatron_ext.training.parallel import data_parallel_rank_and_size, initialize_parallel
 
     assert not args.use_distributed_optimizer, "groups of the distributed optimizer hold shard copies"
     # Same build order as megatron_ext/training/pretrain.py.
     initialize_parallel(args)
-    parametrization = build_parametrization(args)
-    config = transformer_config(args, on_cpu=True, mup_multipliers=parametrization.multipliers)
-    model = build_model(config, args, args.vocab_size, parametrization, platform.device)
-    optimizer = build_optimizer(args, model, parametrization)
-    scheduler = build_scheduler(args, optimizer)
-    connect_schedule(config, model, optimizer, args)
+    built = build_trainable(args, platform.device, args.vocab_size)
+    model, optimizer, scheduler = built.model, built.optimizer, built.scheduler
 
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
     records, params = [], []

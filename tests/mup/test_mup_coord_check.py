@@ -177,7 +177,6 @@ def test_detects_missing_hidden_lr_scaling():
 
 
 def test_write_outputs(sweep, tmp_path):
-    pytest.importorskip("matplotlib")
     paths = write_outputs(sweep, str(tmp_path), max_panels=3)
     with open(paths["json"]) as f:
         data = json.load(f)
