@@ -7,6 +7,8 @@ import os
 
 import torch
 
+from megatron_ext.checkpoint.paths import existing_iteration_dir
+
 # Flags that describe the model, not the run.
 MODEL_FLAGS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "group_query_attention",
                "num_query_groups", "kv_channels", "max_position_embeddings", "seq_length", "normalization",
@@ -23,7 +25,7 @@ def checkpoint_model_flags(root: str) -> dict:
     if not os.path.isfile(latest):
         return {}
     iteration = open(latest).read().strip()
-    common = os.path.join(root, f"iter_{int(iteration):07d}", "common.pt") if iteration.isdigit() else ""
+    common = os.path.join(existing_iteration_dir(root, int(iteration)), "common.pt") if iteration.isdigit() else ""
     if not os.path.isfile(common):
         return {}  # load_checkpoint reports the damage with the fix
     try:

@@ -19,7 +19,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
-from megatron_ext.checkpoint.paths import (LATEST_FILE, CheckpointError, iteration_dir,
+from megatron_ext.checkpoint.paths import (LATEST_FILE, CheckpointError, existing_iteration_dir, iteration_dir,
                                            read_latest_iteration, write_text_atomic)
 from megatron_ext.checkpoint.rng import capture_rng_state, restore_rng_state
 
@@ -130,18 +130,9 @@ def saved_args(args) -> dict:
             if isinstance(v, plain) or (isinstance(v, (list, tuple)) and all(isinstance(x, plain) for x in v))}
 
 
-def _existing_iteration_dir(root: str, iteration: int) -> str:
-    """ITER, or ITER.old when a crash hit a re-save of the same iteration between its two renames
-    (ITER moved aside, the new one not yet in place): the previous save is then still complete."""
-    path = iteration_dir(root, iteration)
-    if not os.path.isdir(path) and os.path.isdir(path + ".old"):
-        return path + ".old"
-    return path
-
-
 def read_checkpoint_args(root: str, iteration: int | None = None) -> tuple[int, dict]:
     iteration = read_latest_iteration(root) if iteration is None else iteration
-    path = _existing_iteration_dir(root, iteration)
+    path = existing_iteration_dir(root, iteration)
     try:
         common = dist_checkpointing.load_common_state_dict(path)
     except Exception as exc:  # missing or truncated common.pt
@@ -162,7 +153,7 @@ def check_compatible(saved: dict, args, path: str) -> None:
 def load_checkpoint(root: str, model, optimizer, scheduler, args):
     """Restore into built model/optimizer/scheduler; returns (iteration, consumed_samples)."""
     iteration, common = read_checkpoint_args(root)
-    path = _existing_iteration_dir(root, iteration)
+    path = existing_iteration_dir(root, iteration)
     saved = common.get("args", {})
     check_compatible(saved, args, path)
     # --finetune, or a checkpoint with weights only (as tools/convert_from_hf.py writes).

@@ -16,6 +16,15 @@ def iteration_dir(root: str, iteration: int) -> str:
     return os.path.join(root, f"iter_{iteration:07d}")
 
 
+def existing_iteration_dir(root: str, iteration: int) -> str:
+    """ITER, or ITER.old when a crash hit a re-save of the same iteration between its two renames
+    (ITER moved aside, the new one not yet in place): the previous save is then still complete."""
+    path = iteration_dir(root, iteration)
+    if not os.path.isdir(path) and os.path.isdir(path + ".old"):
+        return path + ".old"
+    return path
+
+
 def read_latest_iteration(root: str) -> int:
     path = os.path.join(root, LATEST_FILE)
     if not os.path.isfile(path):

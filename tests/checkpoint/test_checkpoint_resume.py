@@ -72,12 +72,20 @@ def _snapshot(root):
 
 
 def test_vocabulary_mismatch_fails_clearly(uninterrupted, tmp_path):
+    """The checkpoint was trained with a 512-token vocabulary; resuming it with a real SentencePiece
+    tokenizer of 1000 pieces (padded to 1024) must stop before anything is written."""
+    from megatron_ext.data.tokenizers import train_sentencepiece
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("\n".join((REPO / "data/corpus/english.jsonl").read_text().splitlines()[:40]) + "\n")
+    tokenizer = train_sentencepiece([str(docs)], str(tmp_path / "tok"), vocab_size=1000)
     ckpt = checkpoint_at(uninterrupted, tmp_path)
     before = _snapshot(ckpt)
     proc = run_pretrain(TINY_ARGS + ["--train-iters", TOTAL, "--load", ckpt, "--save", ckpt,
-                                     "--vocab-size", 1000, "--tensor-model-parallel-size", 2],
-                        nproc=2, check=False)
+                                     "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", tokenizer,
+                                     "--tensor-model-parallel-size", 2], nproc=2, check=False)
     assert proc.returncode != 0
+    assert "padded_vocab_size=512" in proc.stdout and "1024" in proc.stdout
     assert "padded_vocab_size=512" in proc.stdout and "tokenizer" in proc.stdout
     assert _snapshot(ckpt) == before
 
@@ -94,11 +102,13 @@ def test_truncated_checkpoint_fails_clearly(uninterrupted, tmp_path):
     assert _snapshot(ckpt) == before
 
 
-def _resume_and_compare(ckpt, expected, tmp_path, save: bool = False):
-    """Resume from ckpt at TP2 up to TOTAL; the losses must be the uninterrupted run's, bit for bit."""
+def _resume_and_compare(ckpt, expected, tmp_path, save: bool = False, model_flags: bool = True):
+    """Resume from ckpt at TP2 up to TOTAL; the losses must be the uninterrupted run's, bit for bit.
+    Without model_flags the model's shape comes from the checkpoint alone (no --model-preset)."""
     log = tmp_path / "resumed.jsonl"
-    run_pretrain(TINY_ARGS + ["--train-iters", TOTAL, "--load", ckpt, "--tensor-model-parallel-size", 2,
-                              "--log-json", log] + (["--save", ckpt] if save else []), nproc=2)
+    args = TINY_ARGS if model_flags else [a for a in TINY_ARGS if a not in ("--model-preset", "tiny")]
+    run_pretrain(args + ["--train-iters", TOTAL, "--load", ckpt, "--tensor-model-parallel-size", 2,
+                         "--log-json", log] + (["--save", ckpt] if save else []), nproc=2)
     resumed = read_losses(log)
     assert sorted(resumed) == list(range(SAVED_AT + 1, TOTAL + 1))
     assert resumed == {it: expected[it] for it in resumed}
@@ -131,7 +141,20 @@ def test_crash_between_renames_of_a_resave_keeps_previous_checkpoint(uninterrupt
     ckpt = checkpoint_at(uninterrupted, tmp_path)
     (ckpt / f"iter_{SAVED_AT:07d}").rename(ckpt / f"iter_{SAVED_AT:07d}.old")
     (ckpt / f"iter_{SAVED_AT:07d}.tmp").mkdir()  # the new save's directory, not complete
-    _resume_and_compare(ckpt, expected, tmp_path)
+    _resume_and_compare(ckpt, expected, tmp_path, model_flags=False)
+
+
+def test_truncated_common_file_fails_clearly(uninterrupted, tmp_path):
+    ckpt = checkpoint_at(uninterrupted, tmp_path)
+    common = ckpt / f"iter_{SAVED_AT:07d}" / "common.pt"
+    common.write_bytes(common.read_bytes()[: common.stat().st_size // 3])
+    before = _snapshot(ckpt)
+    proc = run_pretrain(TINY_ARGS + ["--train-iters", TOTAL, "--load", ckpt, "--save", ckpt,
+                                     "--tensor-model-parallel-size", 2], nproc=2, check=False)
+    assert proc.returncode != 0
+    assert f"cannot read checkpoint {ckpt / f'iter_{SAVED_AT:07d}'}" in proc.stdout and "truncated" in proc.stdout
+    assert "Traceback" not in proc.stdout.split("cannot read checkpoint")[0][-2000:]
+    assert _snapshot(ckpt) == before
 
 
 @pytest.fixture(scope="module")
