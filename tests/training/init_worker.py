@@ -1,8 +1,9 @@
 """torchrun worker for test_init_is_layout_independent: builds the model at the layout given by the
-flags and writes, per rank, the sum of every parameter shard under its global name."""
+flags and saves, per rank, every parameter shard under its global name with how it is split."""
 
-import json
 import sys
+
+import torch
 
 from megatron_ext.arguments import parse_args
 from megatron_ext.platform import init_distributed
@@ -13,25 +14,21 @@ def main(out_prefix: str, argv: list[str]) -> None:
     platform = init_distributed(args.device)
     from megatron.core import parallel_state
 
-    from megatron_ext.models.config import transformer_config
-    from megatron_ext.models.gpt import build_model
     from megatron_ext.models.init import global_param_name
-    from megatron_ext.models.parametrization import build_parametrization
+    from megatron_ext.training.build import build_trainable
     from megatron_ext.training.parallel import initialize_parallel
 
     initialize_parallel(args)
-    parametrization = build_parametrization(args)
-    config = transformer_config(args, on_cpu=True, mup_multipliers=parametrization.multipliers)
-    model = build_model(config, args, args.vocab_size, parametrization, platform.device)
+    model = build_trainable(args, platform.device, args.vocab_size).model
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
     shards = {}
     for chunk in model:
         for name, param in chunk.module.named_parameters():
-            split = getattr(param, "tensor_model_parallel", False)
-            key = global_param_name(chunk.module, name)
-            shards[key] = {"sum": param.double().sum().item(), "sq": param.double().square().sum().item(),
-                           "split": split, "tp_rank": parallel_state.get_tensor_model_parallel_rank()}
-    with open(f"{out_prefix}.{platform.rank}.json", "w") as f:
-        json.dump(shards, f)
+            split = bool(getattr(param, "tensor_model_parallel", False))
+            shards[global_param_name(chunk.module, name)] = {
+                "data": param.detach().clone(), "tp_rank": tp_rank,
+                "partition_dim": getattr(param, "partition_dim", -1) if split else -1}
+    torch.save(shards, f"{out_prefix}.{platform.rank}.pt")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""The same seed gives the same initial weights at every TP/PP layout."""
+"""The same seed gives bit-for-bit the same initial weights at every TP/PP layout: each parameter's
+tensor-parallel shards, put back together along their split dimension, equal the single process's."""
 
-import json
 import subprocess
 
 import pytest
+import torch
 from launch import REPO, test_env, torchrun_cmd
 
 ARGS = ["--model-preset", "tiny-gqa", "--mock-data", "--device", "cpu", "--train-iters", "1",
@@ -11,37 +12,58 @@ ARGS = ["--model-preset", "tiny-gqa", "--mock-data", "--device", "cpu", "--train
 
 
 def full_weights(tmp_path, nproc: int, extra: list) -> dict:
-    """global parameter name -> (sum, sum of squares) of the whole tensor, from per-rank shards."""
+    """global parameter name -> the whole tensor, reassembled from the ranks' shards."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     prefix = tmp_path / "init"
     cmd = torchrun_cmd(nproc, str(REPO / "tests/training/init_worker.py")) + [str(prefix)] + [str(a) for a in ARGS + extra]
     proc = subprocess.run(cmd, cwd=REPO, env=test_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    totals, seen = {}, set()
+    pieces: dict = {}
     for rank in range(nproc):
-        for name, shard in json.loads((tmp_path / f"init.{rank}.json").read_text()).items():
-            tag = (name, shard["tp_rank"] if shard["split"] else 0)
-            if tag in seen:  # replicated copy (norms on every TP rank, tied embeddings on two stages)
-                continue
-            seen.add(tag)
-            s, q = totals.get(name, (0.0, 0.0))
-            totals[name] = (s + shard["sum"], q + shard["sq"])
-    return totals
+        for name, shard in torch.load(tmp_path / f"init.{rank}.pt", weights_only=True).items():
+            by_tp = pieces.setdefault(name, {})
+            if shard["tp_rank"] in by_tp:  # the same shard again on another pipeline stage (tied embedding)
+                assert torch.equal(by_tp[shard["tp_rank"]][0], shard["data"]), f"{name}: copies differ"
+            by_tp[shard["tp_rank"]] = (shard["data"], shard["partition_dim"])
+    full = {}
+    for name, by_tp in pieces.items():
+        shards = [by_tp[r] for r in sorted(by_tp)]
+        dim = shards[0][1]
+        if dim < 0:  # replicated across TP (norm gains): every copy must be the same
+            assert all(torch.equal(shards[0][0], s) for s, _ in shards), f"{name}: TP copies differ"
+            full[name] = shards[0][0]
+        elif ".linear_fc1." in name:  # SwiGLU's fused fc1: each rank holds [its gate rows; its up rows]
+            halves = [s.chunk(2, dim=0) for s, _ in shards]
+            full[name] = torch.cat([g for g, _ in halves] + [u for _, u in halves], dim=0)
+        else:  # megatron's fused QKV is grouped per query group, so whole groups sit on each rank
+            full[name] = torch.cat([s for s, _ in shards], dim=dim)
+    return full
 
 
-@pytest.mark.parametrize("extra", [["--tensor-model-parallel-size", 2], ["--pipeline-model-parallel-size", 2]],
-                         ids=["tp2", "pp2"])
-def test_init_is_layout_independent(extra, tmp_path):
-    single = full_weights(tmp_path / "single", 1, [])
-    parallel = full_weights(tmp_path / "parallel", 2, extra)
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    return full_weights(tmp_path_factory.mktemp("single"), 1, [])
+
+
+LAYOUTS = {
+    "tp2": (2, ["--tensor-model-parallel-size", 2]),
+    "pp2": (2, ["--pipeline-model-parallel-size", 2]),
+    "pp2-virtual": (2, ["--pipeline-model-parallel-size", 2, "--num-layers-per-virtual-pipeline-stage", 1]),
+    "tp2xpp2": (4, ["--tensor-model-parallel-size", 2, "--pipeline-model-parallel-size", 2]),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_init_is_layout_independent(layout, single, tmp_path):
+    nproc, extra = LAYOUTS[layout]
+    parallel = full_weights(tmp_path, nproc, extra)
     assert set(parallel) == set(single)
-    for name, (s, q) in single.items():
-        assert parallel[name][0] == pytest.approx(s, rel=1e-9, abs=1e-9), name
-        assert parallel[name][1] == pytest.approx(q, rel=1e-9), name
+    for name, tensor in single.items():
+        assert parallel[name].shape == tensor.shape, name
+        assert torch.equal(parallel[name], tensor), f"{layout}: {name} differs from the single process's"
 
 
-def test_init_depends_on_seed(tmp_path):
-    a = full_weights(tmp_path / "a", 1, [])
-    b = full_weights(tmp_path / "b", 1, ["--seed", "8"])
-    changed = [name for name in a if "layernorm" not in name and a[name] != b[name]]
-    assert len(changed) == len([n for n in a if "layernorm" not in n])
+def test_init_depends_on_seed(single, tmp_path):
+    other = full_weights(tmp_path, 1, ["--seed", "8"])
+    random = [name for name in single if "layernorm" not in name]
+    assert random and all(not torch.equal(single[name], other[name]) for name in random)

@@ -29,6 +29,8 @@ LAYOUTS = {
     "pp2": (2, ["--pipeline-model-parallel-size", 2]),
     "pp2-virtual": (2, ["--pipeline-model-parallel-size", 2, "--num-layers-per-virtual-pipeline-stage", 1]),
     "dp2-distributed-optimizer": (2, ["--use-distributed-optimizer"]),
+    "dp2-distributed-optimizer-overlapped": (2, ["--use-distributed-optimizer", "--overlap-grad-reduce",
+                                                 "--overlap-param-gather"]),
     "tp2-sequence-parallel": (2, ["--tensor-model-parallel-size", 2, "--sequence-parallel"]),
     "tp2xpp2": (4, ["--tensor-model-parallel-size", 2, "--pipeline-model-parallel-size", 2]),
 }
@@ -40,6 +42,21 @@ def test_layout_matches_single_process(layout, reference_losses, tmp_path):
     log = tmp_path / "log.jsonl"
     run_pretrain(TINY_ARGS + ["--train-iters", ITERS, "--log-json", log] + extra, nproc=nproc)
     assert_same_losses(read_losses(log), reference_losses)
+
+
+@pytest.mark.parametrize("precision,tolerance", [("--bf16", 3e-2), ("--fp16", 1e-2)])
+def test_half_precision_tracks_fp32(precision, tolerance, reference_losses, tmp_path):
+    """bf16 and fp16 (megatron's mixed-precision optimizer: fp32 main weights, fp16 with a dynamic loss
+    scale) at TP2 follow the fp32 run within their rounding; fp16 prints its loss scale."""
+    log = tmp_path / "log.jsonl"
+    proc = run_pretrain(TINY_ARGS + ["--train-iters", ITERS, "--log-json", log, "--tensor-model-parallel-size", 2,
+                                     precision], nproc=2)
+    losses = read_losses(log)
+    assert sorted(losses) == sorted(reference_losses)
+    for it, ref in reference_losses.items():
+        assert losses[it] == pytest.approx(ref, rel=tolerance), f"{precision} iteration {it}"
+    assert losses != reference_losses  # it really ran in half precision
+    assert (" loss scale: " in proc.stdout) == (precision == "--fp16")
 
 
 def test_simulated_two_node_job_matches_single_process(reference_losses, tmp_path):
