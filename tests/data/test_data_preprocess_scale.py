@@ -132,3 +132,30 @@ def test_preprocessing_encodes_special_tokens_as_single_ids(sp_model, tmp_path):
                                    workers=2)
     (doc,) = _docs(prefixes["text"])
     assert doc[0] == 1000 + CRYSTAL_SPECIAL_TOKENS.index("<|filename|>") and doc[-1] == 2
+
+
+def test_preprocessing_memory_does_not_grow_with_the_input(tmp_path):
+    """Streaming: a 70 MB input raises peak memory (main process and workers) by far less than its
+    size over a 1 MB one, so files larger than memory go through. Whole-file reading would add more
+    than the file itself (Python strings)."""
+    import random
+    import subprocess
+    import sys
+
+    rng = random.Random(0)
+    lines = [json.dumps({"text": " ".join(str(rng.randrange(999)) for _ in range(1500))}) + "\n" for _ in range(200)]
+    peaks = {}
+    for name, documents in (("small", 200), ("large", 12000)):
+        path = tmp_path / f"{name}.jsonl"
+        with open(path, "w") as f:
+            for i in range(documents):
+                f.write(lines[i % len(lines)])
+        proc = subprocess.run([sys.executable, str(Path(__file__).with_name("preprocess_memory_worker.py")),
+                               str(path), str(tmp_path / name), "2"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        peaks[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert peaks[name]["documents"] == documents
+    size_mib = (tmp_path / "large.jsonl").stat().st_size / 2**20
+    assert size_mib > 60
+    growth = {k: (peaks["large"][k] - peaks["small"][k]) / 1024 for k in ("peak_kib", "workers_peak_kib")}
+    assert growth["peak_kib"] < size_mib / 2 and growth["workers_peak_kib"] < size_mib / 2, (growth, size_mib)
