@@ -4,6 +4,7 @@ and special tokens (Crystal's 22) in the tokenizer and in preprocessing."""
 import gzip
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,13 @@ def test_preprocessing_memory_does_not_grow_with_the_input(tmp_path):
     assert size_mib > 60
     growth = {k: (peaks["large"][k] - peaks["small"][k]) / 1024 for k in ("peak_kib", "workers_peak_kib")}
     assert growth["peak_kib"] < size_mib / 2 and growth["workers_peak_kib"] < size_mib / 2, (growth, size_mib)
+
+
+def test_progress_bar_shows_position_and_tokens_per_second(tmp_path, capsys):
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS * 3))  # 3000 records: several updates
+    preprocess_jsonl(str(path), str(tmp_path / "out"), tokenizer_type="NullTokenizer", vocab_size=1000,
+                     append_eod=True, progress=True)
+    err = capsys.readouterr().err
+    assert "tokenizing docs.jsonl" in err and "100%" in err, err[-500:]
+    assert re.search(r"[\d,]+ tokens/s", err), err[-500:]
