@@ -53,7 +53,7 @@ def converted(tmp_path_factory):
     cmd = torchrun_cmd(4, str(REPO / "tests/conversion/conversion_logits_worker.py")) + [str(root / "jobs.json")]
     proc = subprocess.run(cmd, cwd=REPO, env=test_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return root, {(case, layout): torch.load(root / f"logits-{case}-{layout}.pt")
+    return root, {(case, layout): torch.load(root / f"logits-{case}-{layout}.pt", weights_only=True)
                   for case, layout in LLAMA_CASES + OTHER_CASES}
 
 

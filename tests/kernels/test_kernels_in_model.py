@@ -57,7 +57,7 @@ def results(tmp_path_factory):
     proc = subprocess.run(cmd, cwd=REPO, env={**launch_env(), "TRITON_INTERPRET": "1"}, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-6000:]
-    return [torch.load(tmp / f"out.{rank}.pt") for rank in range(NPROC)]
+    return [torch.load(tmp / f"out.{rank}.pt", weights_only=True) for rank in range(NPROC)]
 
 
 def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
