@@ -193,10 +193,31 @@ def crystal_sp_tokenizer(tmp_path_factory):
     return build_tokenizer("SentencePieceTokenizer", model, special_tokens="crystal"), docs
 
 
-def test_character_level_split_with_sentencepiece_is_a_permutation(crystal_sp_tokenizer):
+@pytest.fixture(scope="module")
+def crystal_hf_tokenizer(crystal_sp_tokenizer, tmp_path_factory):
+    """The same SentencePiece model as a Hugging Face LLaMA tokenizer (as tools/convert_to_hf.py exports
+    it), which also puts a "▁" space before the start of every text it encodes."""
+    import shutil
+
+    from transformers import LlamaTokenizer
+
+    from megatron_ext.data.tokenizers import build_tokenizer
+
+    sp, docs = crystal_sp_tokenizer
+    d = tmp_path_factory.mktemp("fim_hf")
+    shutil.copy2(sp.base.path, d / "tokenizer.model")
+    LlamaTokenizer.from_pretrained(str(d)).save_pretrained(str(d))
+    tok = build_tokenizer("HuggingFaceTokenizer", str(d), special_tokens="crystal")
+    plain = tok.detokenize(tok.tokenize("def ad") + tok.tokenize("d(x)"))
+    assert plain != "def add(x)", "this tokenizer no longer shows the problem the fragment encoding solves"
+    return tok, docs
+
+
+@pytest.mark.parametrize("which", ["sentencepiece", "huggingface-llama"])
+def test_character_level_split_is_a_permutation(which, crystal_sp_tokenizer, crystal_hf_tokenizer):
     """Cut points fall inside words and runs of spaces; decoding the three re-encoded pieces and
     joining them gives the document's text exactly: no space added at a cut, none lost."""
-    tok, docs = crystal_sp_tokenizer
+    tok, docs = crystal_sp_tokenizer if which == "sentencepiece" else crystal_hf_tokenizer
     sentinels = FIMSentinels.from_tokenizer(tok)
     assert tok.tokenize("<|fim_prefix|>")[0] == sentinels.prefix == tok.base.vocab_size  # id 600: first special
     checked = 0

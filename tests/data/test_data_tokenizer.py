@@ -125,6 +125,9 @@ def test_huggingface_tokenizer_from_local_directory(tmp_path):
     ids = tok.tokenize(text)
     assert tok.eod not in ids
     assert tok.detokenize(ids) == text
+    # Byte-level BPE marks no start of text: a piece of a document is encoded as it is.
+    assert tok.tokenize_fragment("dd(a,  b") == tok.tokenize("dd(a,  b")
+    assert tok.detokenize_fragment(tok.tokenize_fragment(" two")) == " two"
 
 
 def test_train_tokenizer_cli(tmp_path, capsys):
