@@ -67,12 +67,13 @@ def describe_data(args) -> str:
 
         sources = [(s.name, s.weight, s.fim) for s in load_data_mix(args.data_mix).sources]
     else:
-        path = list(args.data_path)
-        try:  # Megatron-LM's "w1 p1 w2 p2 ..." or plain prefixes (equal weights)
-            pairs = [(float(w), p) for w, p in zip(path[::2], path[1::2])] if len(path) > 1 else [(1.0, path[0])]
-        except ValueError:
-            pairs = [(1.0, p) for p in path]
-        sources = [(prefix, weight, None) for weight, prefix in pairs]
+        from megatron.core.datasets.utils import get_blend_from_list  # the parse build_gpt_datasets uses
+
+        prefixes, weights = get_blend_from_list(list(args.data_path))
+        if weights is None and len(prefixes) > 1:  # build_gpt_datasets then weights them by token count
+            return "\n".join([f" > data: {len(prefixes)} source(s), split {args.split}, weighted by their token counts"]
+                              + [f"     {prefix}" for prefix in prefixes])
+        sources = [(prefix, weight, None) for prefix, weight in zip(prefixes, weights or [1.0])]
     total = sum(weight for _, weight, _ in sources)
     lines = [f" > data: {len(sources)} source(s), split {args.split}"]
     for name, weight, fim in sources:
@@ -80,4 +81,3 @@ def describe_data(args) -> str:
                     if fim is not None and fim.fim_rate > 0 else "")
         lines.append(f"     {name}: weight {weight / total:.4f}{fim_text}")
     return "\n".join(lines)
-

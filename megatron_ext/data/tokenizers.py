@@ -209,13 +209,17 @@ class HuggingFaceTokenizer(_Tokenizer):
         return self._tok.decode([int(i) for i in ids], clean_up_tokenization_spaces=False)
 
     def tokenize_fragment(self, text: str) -> list[int]:
-        anchor = self._fragment_anchor()
+        return self._encode_after(self._fragment_anchor(), text)
+
+    def detokenize_fragment(self, ids: Sequence[int]) -> str:
+        return self._decode_after(self._fragment_anchor(), ids)
+
+    def _encode_after(self, anchor, text: str) -> list[int]:
         if anchor is None:
             return self.tokenize(text)
         return self._tok.encode(anchor[0] + text, add_special_tokens=False)[1:]
 
-    def detokenize_fragment(self, ids: Sequence[int]) -> str:
-        anchor = self._fragment_anchor()
+    def _decode_after(self, anchor, ids: Sequence[int]) -> str:
         if anchor is None:
             return self.detokenize(ids)
         return self.detokenize([anchor[1], *ids])[len(anchor[0]):]
@@ -224,25 +228,22 @@ class HuggingFaceTokenizer(_Tokenizer):
         """None when pieces of a text tokenize and join back exactly as they are (byte-level BPE).
         Otherwise (HF LLaMA tokenizers, which mark the start of a text with a "▁" space like
         SentencePiece) a special token (text, id) put before each piece, so the piece is tokenized and
-        decoded as the continuation it is."""
+        decoded as the continuation it is. Found once, by trying."""
         if not hasattr(self, "_anchor"):
             head, tail = "def ad", "d(x,  y)"  # a cut inside a word, then a run of spaces
 
-            def joins(encode, decode) -> bool:
-                return decode(encode(head) + encode(tail)) == head + tail and decode(encode(" " + tail)) == " " + tail
+            def joins(anchor) -> bool:
+                pieces = self._encode_after(anchor, head) + self._encode_after(anchor, tail)
+                return (self._decode_after(anchor, pieces) == head + tail
+                        and self._decode_after(anchor, self._encode_after(anchor, " " + tail)) == " " + tail)
 
-            self._anchor = None
-            if not joins(self.tokenize, self.detokenize):
-                for token in (self._tok.eos_token, self._tok.bos_token):
-                    ids = self._tok.encode(token, add_special_tokens=False) if token else []
-                    if len(ids) == 1:
-                        self._anchor = (token, ids[0])
-                        if joins(self.tokenize_fragment, self.detokenize_fragment):
-                            break
-                        self._anchor = None
-                else:
-                    raise ValueError(f"Hugging Face tokenizer {self.path} cannot re-encode pieces of a text exactly "
-                                     "(needed for character-level fill-in-the-middle): use --fim-split token")
+            candidates = [None] + [(token, ids[0]) for token in (self._tok.eos_token, self._tok.bos_token) if token
+                                   for ids in [self._tok.encode(token, add_special_tokens=False)] if len(ids) == 1]
+            working = [anchor for anchor in candidates if joins(anchor)]
+            if not working:
+                raise ValueError(f"Hugging Face tokenizer {self.path} cannot re-encode pieces of a text exactly "
+                                 "(needed for character-level fill-in-the-middle): use --fim-split token")
+            self._anchor = working[0]
         return self._anchor
 
 

@@ -170,3 +170,22 @@ def test_two_gloo_ranks_build_the_same_datasets(data, tmp_path):
     train, valid, _ = build_gpt_datasets(
         ["0.3", data["a"], "0.7", data["b"]], "90,10,0", 16, 3, data["tok"], (300, 30, 0))
     assert results[0] == [_first_tokens(train), _first_tokens(valid, 5)]
+
+
+def test_start_up_data_summary_names_each_source_and_its_weight():
+    from types import SimpleNamespace
+
+    from megatron_ext.data.build import describe_data
+
+    def summary(data_path, data_mix=None):
+        return describe_data(SimpleNamespace(mock_data=False, data_mix=data_mix, data_path=data_path,
+                                             split="99,1,0", fim_split="char"))
+
+    assert summary(["1", "a", "3", "b"]).splitlines()[1:] == ["     a: weight 0.2500", "     b: weight 0.7500"]
+    assert summary(["a"]).splitlines()[1:] == ["     a: weight 1.0000"]
+    # Unweighted prefixes are blended by token count (build_gpt_datasets), not equally.
+    assert "weighted by their token counts" in summary(["a", "b"]).splitlines()[0]
+    mix = os.path.join(os.path.dirname(__file__), "..", "..", "data", "mixes", "crystal_phase2.json")
+    crystal = summary([], data_mix=mix)
+    assert "starcoder: weight 0.6281, FIM rate 0.9 (SPM 0.5, char split)" in crystal
+    assert "slimpajama_c4: weight 0.0991\n" in crystal
