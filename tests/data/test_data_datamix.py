@@ -115,5 +115,78 @@ def test_realised_mixture_matches_weights_and_fim_is_per_source(mix, monkeypatch
     # weights; 0.01 leaves room for rounding at n = 3000.
     for source, weight in enumerate((0.6, 0.3, 0.1)):
         assert abs(counts[source] / n - weight) < 0.01
-    # Code gets FIM (almost every 32-token window holds a FIM'd document), the rest never.
+    # Code gets FIM (almost every 32-token window holds a FIM'd document), the rest never; the rate
+    # itself is measured in test_fim_rates_are_realised_per_source_through_build_py.
     assert with_fim[0] / counts[0] > 0.9 and with_fim[1] == with_fim[2] == 0
+
+
+# name -> (FIM rate, SPM rate); "plain" has none. Equal weights, so each source fills ~1000 windows.
+FIM_SOURCES = {"low": (0.1, 0.0), "half": (0.5, 1.0), "high": (0.9, 0.5), "plain": (0.0, 0.0)}
+
+
+@pytest.fixture(scope="module")
+def fim_mix(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fim_mix")
+    rng = numpy.random.default_rng(1)
+    sources = []
+    for band, (name, (fim, spm)) in enumerate(FIM_SOURCES.items()):
+        _dataset(tmp, name, 100 * band, rng, docs=120)
+        sources.append({"name": name, "prefix": f"{name}_text_document", "weight": 0.25, "fim_rate": fim,
+                        "fim_spm_rate": spm})
+    path = tmp / "mix.json"
+    path.write_text(json.dumps({"sources": sources}))
+    return tmp, str(path)
+
+
+def test_fim_rates_are_realised_per_source_through_build_py(fim_mix, monkeypatch):
+    """The datasets the trainer builds (build_datasets with --data-mix) rearrange each source's documents
+    at that source's FIM rate, in SPM at its SPM rate: observed counts within a binomial bound (4.5 sd)
+    of the configured rates 0.1, 0.5 and 0.9. Counted on the first document of each window (the first one
+    the transform decides on, whatever came before): it is FIM'd iff the window starts with <fim_prefix>."""
+    tmp, path = fim_mix
+    monkeypatch.setenv("DATA_ROOT", str(tmp))
+    args = _args(tmp, ["--data-mix", path, "--special-tokens", "crystal", "--fim-split", "token"], train_iters=1000)
+    tokenizer, vocab = build_vocab(args)
+    train, _ = build_datasets(args, tokenizer, vocab)
+    specials = tokenizer.special_token_ids
+    pre, suf = specials["<|fim_prefix|>"], specials["<|fim_suffix|>"]
+    eod = tokenizer.eod
+    n = 4000
+    seen, fim, spm, spm_p = Counter(), Counter(), Counter(), {}
+    for i in range(n):
+        s = train[i]
+        source = int(s["dataset_id"])
+        tokens = s["tokens"].tolist()
+        assert {t // 100 for t in tokens if t < VOCAB} <= {source}
+        if tokens[0] == eod:  # the window starts at a document boundary: empty first segment, never FIM'd
+            continue
+        seen[source] += 1
+        if tokens[0] != pre:
+            continue
+        fim[source] += 1
+        spm[source] += int(tokens[1] == suf)
+        # SPM and PSM with an empty prefix are the same sequence: an SPM shape also shows for PSM when the
+        # lower of the two cut points (uniform over the document's n + 1 gaps) is 0. n from the window itself.
+        eods = [k for k, t in enumerate(tokens) if t == eod]
+        n_doc = (eods[0] - 3) if eods else None
+        if n_doc is None:  # the document runs past the window: its length is at least what is left
+            window = [int(t) for t in train.dataset[i]["tokens"].tolist()] + [int(train.dataset[i]["labels"][-1])]
+            n_doc = next((k for k, t in enumerate(window) if t == eod), len(window))
+        q = 1 - (n_doc / (n_doc + 1)) ** 2
+        spm_rate = FIM_SOURCES[list(FIM_SOURCES)[source]][1]
+        spm_p.setdefault(source, []).append(spm_rate + (1 - spm_rate) * q)
+    for source, (name, (fim_rate, spm_rate)) in enumerate(FIM_SOURCES.items()):
+        assert seen[source] > 700, (name, seen)
+        if fim_rate == 0:
+            assert fim[source] == 0, f"{name}: no FIM configured, {fim[source]} windows rearranged"
+            continue
+        sd = (fim_rate * (1 - fim_rate) * seen[source]) ** 0.5
+        expected = fim_rate * seen[source]
+        assert abs(fim[source] - expected) <= 4.5 * sd + 1, (
+            f"{name}: FIM in {fim[source]} of {seen[source]} first documents, {expected:.0f} expected "
+            f"(rate {fim_rate})")
+        p = numpy.array(spm_p[source])
+        sd = (p * (1 - p)).sum() ** 0.5
+        assert abs(spm[source] - p.sum()) <= 4.5 * sd + 1, (
+            f"{name}: SPM shape in {spm[source]} of {fim[source]} FIM'd documents, {p.sum():.0f} expected "
+            f"(SPM rate {spm_rate})")

@@ -142,6 +142,72 @@ def test_dataset_wrapper_shifts_labels_and_is_deterministic():
     assert differs > 10  # another seed gives other split points
 
 
+def _within_binomial_bound(hits: int, probabilities, what: str, sigmas: float = 4.5) -> None:
+    """hits ~ a sum of independent Bernoulli(p_i): within `sigmas` standard deviations of its mean
+    (plus one count, for the discreteness of small samples)."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    assert len(p) > 50, f"{what}: only {len(p)} observations"
+    mean, sd = p.sum(), np.sqrt((p * (1 - p)).sum())
+    assert abs(hits - mean) <= sigmas * sd + 1, (
+        f"{what}: {hits} of {len(p)} observed, {mean:.1f} expected (rate {hits / len(p):.3f} vs "
+        f"{mean / len(p):.3f}, bound {sigmas} sd = {sigmas * sd:.1f})")
+
+
+def _empty_prefix_probability(n: int) -> float:
+    """Two cut points uniform over the n + 1 gaps of an n-token document: the prefix is empty when the lower
+    one is 0. SPM and PSM with an empty prefix are the same token sequence, so an observed SPM shape has
+    probability spm_rate + (1 - spm_rate) * this."""
+    return 1.0 - (n / (n + 1)) ** 2
+
+
+# Per source: (FIM rate, SPM rate). Source 3 has no FIM.
+RATES_BY_SOURCE = {0: FIMRates(0.1, 0.0), 1: FIMRates(0.5, 1.0), 2: FIMRates(0.9, 0.5)}
+
+
+def test_configured_rates_are_realised_per_source_through_the_dataset():
+    """The FIM and SPM rates each source is configured with are the rates its documents get, measured
+    on the samples the training loop reads (FIMDataset over a 4-source blend): every document that
+    cannot be truncated away by FIM growth is counted, whether or not it was rearranged."""
+    n_sources = 4
+    base = _Samples(n=4000, source_of=lambda i: i % n_sources)
+    dataset = FIMDataset(base, RATES_BY_SOURCE, S, eod=EOD, pad=PAD, seed=11)
+    docs_seen = {s: 0 for s in range(n_sources)}
+    fim_hits = {s: 0 for s in range(n_sources)}
+    spm_hits, spm_p = {s: 0 for s in range(n_sources)}, {s: [] for s in range(n_sources)}
+    for i in range(len(base)):
+        source = i % n_sources
+        window = base.window(i)
+        sample = dataset[i]
+        out = np.concatenate([sample["tokens"].numpy(), sample["labels"].numpy()[-1:]])
+        assert int(sample["dataset_id"]) == source
+        start = 0
+        for k, (d_in, d_out) in enumerate(zip(_docs(window), _docs(out))):
+            end = start + len(d_in)  # the document's last token + 1 in the original window
+            # Complete in the output even if it and every document before it grew by 3 sentinels:
+            # a choice that does not depend on the FIM decisions, so the count is unbiased.
+            if end + 3 * (k + 1) >= len(window):
+                break
+            start = end + 1
+            if not d_in:
+                continue
+            docs_seen[source] += 1
+            if d_out == d_in:
+                continue
+            assert d_out[0] == S.prefix and len(d_out) == len(d_in) + 3, (i, k)
+            fim_hits[source] += 1
+            spm_hits[source] += int(d_out[1] == S.suffix)
+            rates = RATES_BY_SOURCE[source]
+            spm_p[source].append(rates.spm_rate + (1 - rates.spm_rate) * _empty_prefix_probability(len(d_in)))
+    for source in range(n_sources):
+        rates = RATES_BY_SOURCE.get(source)
+        if rates is None:
+            assert fim_hits[source] == 0, f"source {source} has no FIM but {fim_hits[source]} documents got it"
+            continue
+        _within_binomial_bound(fim_hits[source], [rates.fim_rate] * docs_seen[source],
+                               f"source {source} FIM rate {rates.fim_rate}")
+        _within_binomial_bound(spm_hits[source], spm_p[source], f"source {source} SPM rate {rates.spm_rate}")
+
+
 class _CharTokenizer:
     """One token per character (ids = code points < 1000)."""
 
