@@ -99,7 +99,17 @@ def _sharded_state(model, optimizer, scheduler, *, is_loading: bool, with_optimi
     return state
 
 
+def finish_param_sync(model) -> None:
+    """With --overlap-param-gather the all-gather of the parameters updated by the last step only
+    completes in the next forward; a save before it would write the other ranks' stale shards.
+    Force it now (as Megatron-LM does before saving); the next forward then has nothing to wait for."""
+    for chunk in model:
+        if getattr(chunk, "use_forward_hook", False):
+            chunk.start_param_sync(force_sync=True)
+
+
 def save_checkpoint(root: str, model, optimizer, scheduler, train_state, args) -> str:
+    finish_param_sync(model)
     final = iteration_dir(root, train_state.iteration)
     tmp = final + ".tmp"
     if dist.get_rank() == 0:
@@ -178,6 +188,10 @@ def load_checkpoint(root: str, model, optimizer, scheduler, args):
         with _distributed_optimizer_step_fix(optimizer):
             optimizer.load_state_dict(loaded["optimizer"])
         scheduler.load_state_dict(loaded["opt_param_scheduler"])
+    else:
+        # bf16/fp16 train an fp32 main copy inside the optimizer; built before the load, it still holds
+        # the random initialisation, which the first step would copy back over the loaded weights.
+        optimizer.reload_model_params()
     if with_rng:
         restore_rng_state(loaded["rng_state"].data if hasattr(loaded["rng_state"], "data") else loaded["rng_state"])
     if args.finetune:
