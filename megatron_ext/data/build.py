@@ -30,7 +30,7 @@ def build_datasets(args, tokenizer, vocab_size: int):
     if args.mock_data:
         valid = MockGPTDataset(valid_samples, args.seq_length, vocab_size, args.seed + 1) if valid_samples else None
         return MockGPTDataset(train_samples, args.seq_length, vocab_size, args.seed), valid
-    from megatron_ext.data.datasets import build_gpt_datasets
+    from megatron_ext.data.datasets import build_gpt_datasets, check_token_ids
 
     fim_rates = _fim_rates(args)
     train, valid, _ = build_gpt_datasets(args.data_path, args.split, args.seq_length, args.seed, tokenizer,
@@ -43,6 +43,8 @@ def build_datasets(args, tokenizer, vocab_size: int):
 
         train = wrap_with_fim(train, fim_rates, tokenizer, args.seed, args.fim_split)
         valid = wrap_with_fim(valid, fim_rates, tokenizer, args.seed + 1, args.fim_split)
+    # Outermost, so FIM's sentinel ids are checked too.
+    train, valid = (check_token_ids(dataset, vocab_size, args.data_path) for dataset in (train, valid))
     return train, (valid if valid_samples else None)
 
 

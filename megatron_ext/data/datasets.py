@@ -33,6 +33,119 @@ def _check_prefixes(prefixes: Sequence[str]) -> None:
                                     + _PREPROCESS_HINT)
 
 
+# --- integrity of the .bin/.idx pair -------------------------------------------
+# megatron-core's reader trusts the .idx: a .bin cut short (an interrupted copy)
+# only fails when a sample from the missing tail is read, mid-run, and an .idx
+# of another dataset fails with a numpy offset error naming no file.  Both are
+# caught at start-up from the .idx header and its last sequence pointer: O(1)
+# reads whatever the dataset's size.
+
+_INDEX_MAGIC = b"MMIDIDX\x00\x00"
+_INDEX_HEADER_BYTES = 34  # magic 9, version 8, dtype code 1, sequence count 8, document count 8
+_TOKEN_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 8, 7: 4, 8: 2}  # megatron-core's DType codes
+_REMAKE_HINT = ("re-run tools/preprocess_data.py to write both files again (or copy the pair again "
+                "from where it was made)")
+
+
+class DataIntegrityError(ValueError):
+    """A .bin/.idx pair that cannot be the output of one preprocessing run."""
+
+
+def _read_index_header(idx_path: str) -> tuple[int, int, int]:
+    """(bytes per token, sequence count, document count) of a Megatron .idx file."""
+    import struct
+
+    with open(idx_path, "rb") as f:
+        header = f.read(_INDEX_HEADER_BYTES)
+    if len(header) < _INDEX_HEADER_BYTES or header[:9] != _INDEX_MAGIC:
+        raise DataIntegrityError(f"{idx_path} is not a Megatron index file (bad header); " + _REMAKE_HINT)
+    version, code, sequences, documents = struct.unpack("<QBQQ", header[9:])
+    if version != 1 or code not in _TOKEN_BYTES:
+        raise DataIntegrityError(f"{idx_path}: unknown index version {version} or token type {code}; "
+                                 + _REMAKE_HINT)
+    return _TOKEN_BYTES[code], sequences, documents
+
+
+def check_bin_matches_idx(prefix: str) -> None:
+    """Refuse a .bin whose size is not the byte count its .idx describes."""
+    import numpy
+
+    bin_path, idx_path = prefix + ".bin", prefix + ".idx"
+    token_bytes, sequences, documents = _read_index_header(idx_path)
+    arrays = _INDEX_HEADER_BYTES + 12 * sequences + 8 * documents  # int32 lengths, int64 pointers, int64 doc ids
+    idx_size = os.path.getsize(idx_path)
+    if idx_size not in (arrays, arrays + sequences):  # + one int8 mode per sequence when multimodal
+        raise DataIntegrityError(
+            f"{idx_path} is truncated or corrupt: {idx_size} bytes, but its header describes "
+            f"{sequences} sequences ({arrays} bytes); " + _REMAKE_HINT)
+    expected = 0
+    if sequences:
+        lengths = numpy.memmap(idx_path, dtype=numpy.int32, mode="r", offset=_INDEX_HEADER_BYTES,
+                               shape=(sequences,))
+        pointers = numpy.memmap(idx_path, dtype=numpy.int64, mode="r",
+                                offset=_INDEX_HEADER_BYTES + 4 * sequences, shape=(sequences,))
+        expected = int(pointers[-1]) + int(lengths[-1]) * token_bytes
+        del lengths, pointers
+    actual = os.path.getsize(bin_path)
+    if actual == expected:
+        return
+    why = ("the .bin is truncated (an interrupted copy or write?) or the .idx belongs to another dataset"
+           if actual < expected else "the .idx belongs to another dataset (or the .bin was appended to)")
+    raise DataIntegrityError(
+        f"--data-path {prefix}: {bin_path} holds {actual} bytes but {idx_path} describes {expected} "
+        f"({expected // token_bytes} tokens of {token_bytes} bytes): {why}; " + _REMAKE_HINT)
+
+
+# --- token ids within the vocabulary ---------------------------------------------
+# An id >= the vocabulary (data tokenized with another tokenizer) gives an
+# IndexError deep in the embedding at TP1 and a silent INF loss at TP>1 (the
+# vocab-parallel embedding masks it).  Each sample is checked as it is read:
+# O(seq_length) per sample, nothing at start-up, so TB-sized datasets cost no
+# scan, and every id the model will see is covered.
+
+class TokenIdError(ValueError):
+    """A sample holds a token id outside the model's vocabulary."""
+
+
+class TokenIdCheck:
+    """Wraps a dataset of {"tokens", "labels", ...} samples; raises TokenIdError on an id outside
+    [0, vocab_size).  sources[dataset_id] names the --data-path prefix a blended sample came from."""
+
+    def __init__(self, dataset, vocab_size: int, sources: Sequence[str]):
+        self.dataset, self.vocab_size, self.sources = dataset, int(vocab_size), list(sources)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        sample = self.dataset[index]
+        for key in ("tokens", "labels"):
+            ids = sample[key]
+            low, high = int(ids.min()), int(ids.max())
+            if low < 0 or high >= self.vocab_size:
+                self._refuse(sample, index, high if high >= self.vocab_size else low)
+        return sample
+
+    def _refuse(self, sample, index, bad_id: int):
+        source_id = int(sample.get("dataset_id", 0))
+        source = self.sources[source_id] if source_id < len(self.sources) else f"source {source_id}"
+        raise TokenIdError(
+            f"--data-path {source}: token id {bad_id} (sample {index}) is outside the vocabulary of "
+            f"{self.vocab_size} ids (0..{self.vocab_size - 1}): the data was tokenized with another "
+            "tokenizer than --tokenizer-model / --vocab-size give; train with the tokenizer that "
+            "preprocessed it, or re-run tools/preprocess_data.py with this one")
+
+
+def check_token_ids(dataset, vocab_size: int, data_path: Sequence[str]):
+    """dataset wrapped in TokenIdCheck (None stays None)."""
+    if dataset is None:
+        return None
+    from megatron.core.datasets.utils import get_blend_from_list
+
+    prefixes, _ = get_blend_from_list(list(data_path))
+    return TokenIdCheck(dataset, vocab_size, prefixes)
+
+
 def _num_tokens(prefix: str) -> float:
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
@@ -132,6 +245,8 @@ def build_gpt_datasets(
         raise ValueError("train_valid_test_num_samples must be (train, valid, test)")
     prefixes, weights = get_blend_from_list(list(data_path))
     _check_prefixes(prefixes)
+    for prefix in prefixes:
+        check_bin_matches_idx(prefix)
     if weights is None and len(prefixes) > 1:
         # megatron-core blends unweighted prefixes without oversampling, so a
         # split holds at most one epoch of each dataset however many samples
