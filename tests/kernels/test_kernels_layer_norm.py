@@ -73,3 +73,33 @@ def test_layer_norm_deterministic():
     r2 = _run(x, w, b, 1e-5, "triton", dy)
     for a, c in zip(r1[1:], r2[1:]):
         assert torch.equal(a, c)
+
+
+def _layer_norm_float64(x, w, b, eps):
+    """Independent reference (not the project's torch path): the definition, in float64."""
+    x, w = x.double(), w.double()
+    centred = x - x.sum(-1, keepdim=True) / x.shape[-1]
+    y = centred / torch.sqrt((centred * centred).sum(-1, keepdim=True) / x.shape[-1] + eps) * w
+    return y + b.double() if b is not None else y
+
+
+# Small activations: variance 1e-6 to 1e-3 against eps 1e-5, where eps is a large part of the denominator.
+@pytest.mark.parametrize("dtype", DTYPES, ids=_id)
+@pytest.mark.parametrize("variance", [1e-6, 1e-4, 1e-3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_layer_norm_small_inputs_match_float64_definition(check, dtype, variance, bias):
+    n, eps = 320, 1e-5
+    x = ((torch.randn(6, n, dtype=torch.float64) + 0.5) * variance ** 0.5).to(dtype)
+    assert 0.5 * variance < x.double().var(-1).mean().item() < 2 * variance
+    w = (torch.rand(n, dtype=torch.float64) + 0.5).to(dtype)
+    b = torch.randn(n, dtype=dtype) if bias else None
+    dy = torch.randn(6, n, dtype=dtype)
+    y, dx, dw, db = _run(x, w, b, eps, "triton", dy)
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    b64 = b.double().requires_grad_() if bias else None
+    _layer_norm_float64(x64, w64, b64, eps).backward(dy.double())
+    check(y, _layer_norm_float64(x, w, b, eps), dtype, "y")
+    check(dx, x64.grad, dtype, "dx")
+    check(dw, w64.grad, dtype, "dw")
+    if bias:
+        check(db, b64.grad, dtype, "db")

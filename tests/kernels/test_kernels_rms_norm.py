@@ -68,3 +68,29 @@ def test_rms_norm_deterministic():
     _, dx1, dw1 = _run(x, w, 1e-6, "triton", dy)
     _, dx2, dw2 = _run(x, w, 1e-6, "triton", dy)
     assert torch.equal(dw1, dw2) and torch.equal(dx1, dx2)
+
+
+def _rms_norm_float64(x, w, eps):
+    """Independent reference (not the project's torch path): the definition, in float64."""
+    x, w = x.double(), w.double()
+    return x / torch.sqrt((x * x).sum(-1, keepdim=True) / x.shape[-1] + eps) * w
+
+
+# Small activations: mean square 1e-6 to 1e-3 against eps 1e-5 (and 1e-6, LLaMA's), where eps is a large
+# part of the denominator: a kernel that drops or misplaces eps is off by up to 10x here, and by 1% at 1e-3.
+@pytest.mark.parametrize("dtype", DTYPES, ids=_id)
+@pytest.mark.parametrize("mean_square", [1e-6, 1e-4, 1e-3])
+@pytest.mark.parametrize("eps", [1e-5, 1e-6])
+def test_rms_norm_small_inputs_match_float64_definition(check, dtype, mean_square, eps):
+    n = 320
+    x = (torch.randn(6, n, dtype=torch.float64) * mean_square ** 0.5).to(dtype)
+    assert 0.5 * mean_square < x.double().pow(2).mean().item() < 2 * mean_square
+    w = (torch.rand(n, dtype=torch.float64) + 0.5).to(dtype)
+    dy = torch.randn(6, n, dtype=dtype)
+    y, dx, dw = _run(x, w, eps, "triton", dy)
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    y64 = _rms_norm_float64(x64, w64, eps)
+    y64.backward(dy.double())
+    check(y, y64, dtype, "y")
+    check(dx, x64.grad, dtype, "dx")
+    check(dw, w64.grad, dtype, "dw")
