@@ -22,6 +22,7 @@ import json
 import multiprocessing
 import os
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -156,15 +157,37 @@ class _Reader:
             return
         with open(self.path, "rb") as raw:
             self._raw = raw
-            f = gzip.GzipFile(fileobj=raw) if self.format.endswith(".gz") else raw
+            lines = _gzip_lines(self.path, raw) if self.format.endswith(".gz") else enumerate(raw, 1)
             batch = []
-            for item in enumerate(f, 1):
+            for item in lines:
                 batch.append(item)
                 if len(batch) == _BATCH_RECORDS:
                     yield batch
                     batch = []
             if batch:
                 yield batch
+
+
+def _gzip_lines(path: str, raw) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of a gzip stream.  A damaged stream (which gzip reports as a bare
+    EOFError or BadGzipFile naming no file) ends in a PreprocessError naming the file and the line
+    reached; the caller then removes its partial output."""
+    lineno = 0
+    try:
+        for lineno, line in enumerate(gzip.GzipFile(fileobj=raw), 1):
+            yield lineno, line
+    except EOFError as err:
+        raise PreprocessError(f"{path}: truncated (the compressed stream ends mid-stream after line "
+                              f"{lineno}); copy or download it again (`gzip -t` checks a file)") from err
+    except gzip.BadGzipFile as err:
+        if lineno == 0 and str(err).startswith("Not a gzipped file"):
+            raise PreprocessError(f"{path}: not a gzip file; if it holds plain JSON lines, name it "
+                                  ".jsonl") from err
+        raise PreprocessError(f"{path}: corrupt gzip data after line {lineno} ({err}); copy or "
+                              "download it again (`gzip -t` checks a file)") from err
+    except zlib.error as err:
+        raise PreprocessError(f"{path}: corrupt gzip data after line {lineno} ({err}); copy or "
+                              "download it again (`gzip -t` checks a file)") from err
 
 
 def _ordered_results(pool, batches: Iterator[list], max_in_flight: int) -> Iterator:
