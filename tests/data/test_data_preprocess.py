@@ -67,12 +67,28 @@ def test_output_equals_direct_tokenization_plus_eod(setup, tmp_path):
 
 
 def test_output_is_byte_identical_across_worker_counts(setup, tmp_path):
-    p1, _ = _run(setup, tmp_path / "w1", workers=1)
-    p2, _ = _run(setup, tmp_path / "w2", workers=2)
-    for ext in (".bin", ".idx"):
-        a = Path(p1["text"] + ext).read_bytes()
-        b = Path(p2["text"] + ext).read_bytes()
-        assert a == b and len(a) > 0
+    """Several of the workers' 256-record batches (and more than one batch in flight per worker), so an
+    out-of-order merge of the batches would show; the records are distinct, so would any reordering."""
+    from megatron_ext.data import preprocess
+
+    n = 5 * preprocess._BATCH_RECORDS + 37
+    pieces = [p for t in setup["texts"] for p in t.split("\n") if p.strip()]
+    src = _write_jsonl(tmp_path / "many.jsonl", [{"text": f"{i} {pieces[i % len(pieces)][:120]}"} for i in range(n)])
+    outputs = {}
+    for workers in (1, 2, 3):
+        prefixes, stats = preprocess_jsonl(src, str(tmp_path / f"w{workers}"), tokenizer_type="SentencePieceTokenizer",
+                                           tokenizer_model=setup["model"], append_eod=True, progress=False,
+                                           workers=workers)
+        assert stats.documents == n
+        outputs[workers] = {ext: Path(prefixes["text"] + ext).read_bytes() for ext in (".bin", ".idx")}
+    for workers in (2, 3):
+        for ext in (".bin", ".idx"):
+            assert outputs[workers][ext] == outputs[1][ext], f"{workers} workers: {ext} differs from 1 worker"
+    # And the single-worker output is the input order: document i starts with the number i.
+    tok = build_tokenizer("SentencePieceTokenizer", setup["model"])
+    ds = IndexedDataset(str(tmp_path / "w1_text_document"))
+    for i in (0, 255, 256, 700, n - 1):
+        assert tok.detokenize(ds[i].tolist()[:-1]).split(" ", 1)[0] == str(i)
 
 
 def test_one_output_per_json_key(setup, tmp_path):
