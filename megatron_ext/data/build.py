@@ -60,8 +60,38 @@ def _fim_rates(args):
     return mix.fim_rates()
 
 
+def no_validation_reason(args) -> str | None:
+    """Why a run with --eval-interval gets no validation set (None: it gets one, or evaluates never).
+
+    Mirrors build_datasets: no validation samples are asked for with --eval-iters 0, and a --split
+    without a validation share builds no validation split."""
+    if not args.eval_interval:
+        return None
+    if not args.eval_iters:
+        return "--eval-iters 0 asks for no validation batches"
+    if args.mock_data:
+        return None
+    from megatron.core.datasets.blended_megatron_dataset_config import parse_and_normalize_split
+
+    if parse_and_normalize_split(args.split)[1] == 0:
+        return f"--split {args.split} gives the validation split no share (--split 98,2,0 would give it 2%)"
+    return None
+
+
+def _with_validation_notice(args, summary: str) -> str:
+    reason = no_validation_reason(args)
+    if reason is None:
+        return summary
+    return summary + f"\n > no validation: {reason}; --eval-interval {args.eval_interval} evaluates nothing"
+
+
 def describe_data(args) -> str:
-    """One start-up line per source: what the run samples from, with what weight, and the FIM it gets."""
+    """One start-up line per source: what the run samples from, with what weight, and the FIM it gets;
+    and, once, that the run has no validation set when --eval-interval asks for one."""
+    return _with_validation_notice(args, _describe_sources(args))
+
+
+def _describe_sources(args) -> str:
     if args.mock_data:
         return " > data: mock (random tokens)"
     if getattr(args, "data_mix", None):

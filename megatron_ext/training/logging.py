@@ -63,8 +63,10 @@ class TrainLogger:
             self._write(scalars, state, extra={"elapsed_ms": elapsed * 1000})
         self.start_window()
 
-    def validation(self, state, loss: float, tag: str = "validation"):
-        if not self.writes:
+    def validation(self, state, loss: float | None, tag: str = "validation"):
+        """loss is None when the run has no validation set (said once at start-up, by
+        data.build.describe_data): nothing to log."""
+        if not self.writes or loss is None:
             return
         print(f" {tag} loss at iteration {state.iteration} | lm loss value: {loss:.6E} |", flush=True)
         self._write({f"{tag} lm loss": loss}, state)
