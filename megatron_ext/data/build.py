@@ -65,7 +65,7 @@ def no_validation_reason(args) -> str | None:
 
     Mirrors build_datasets: no validation samples are asked for with --eval-iters 0, and a --split
     without a validation share builds no validation split."""
-    if not args.eval_interval:
+    if not getattr(args, "eval_interval", None):
         return None
     if not args.eval_iters:
         return "--eval-iters 0 asks for no validation batches"
