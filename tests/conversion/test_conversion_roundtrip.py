@@ -7,10 +7,12 @@ import filecmp
 import json
 import subprocess
 
+import numpy
+
 import pytest
 import torch
-from conversion_helpers import (load_common, model_tensors, random_crystal, random_llama, run_tool,
-                                stored_entries)
+from conversion_helpers import (crystal_reference_logits, load_common, model_tensors, random_crystal,
+                                random_llama, run_tool, stored_entries)
 from launch import REPO, test_env, torchrun_cmd
 from safetensors.torch import load_file
 
@@ -40,7 +42,12 @@ def runs(tmp_path_factory):
     random_llama(root / "hf-llama", tied=False)
     hf_to_megatron(str(root / "hf-llama"), str(root / "converted"), progress=False)
     procs = {name: _launch(RUN + flags + ["--save", root / name]) for name, flags in PRETRAINED.items()}
-    procs["resumed"] = _launch(RUN + ["--load", root / "converted", "--pipeline-model-parallel-size", 2])
+    procs["resumed"] = _launch(RUN + ["--load", root / "converted", "--pipeline-model-parallel-size", 2,
+                                      "--log-json", root / "resumed.jsonl"])
+    random_crystal(root / "hf-crystal")
+    hf_to_megatron(str(root / "hf-crystal"), str(root / "converted-crystal"), progress=False)
+    procs["resumed-crystal"] = _launch(RUN + ["--load", root / "converted-crystal", "--tensor-model-parallel-size", 2,
+                                              "--log-json", root / "resumed-crystal.jsonl"])
     outputs = {}
     for name, proc in procs.items():
         outputs[name] = proc.communicate(timeout=600)[0]
@@ -126,13 +133,62 @@ def test_megatron_hf_megatron_is_identical(runs, tmp_path, name):
     assert Arch.from_args(load_common(original)["args"]) == Arch.from_args(load_common(converted)["args"])
 
 
+def _source_model_loss(hf_dir, tokens: torch.Tensor, labels: torch.Tensor) -> float:
+    """The Hugging Face source model's own mean per-token cross entropy (transformers' LlamaForCausalLM)."""
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(tokens).logits.double()
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten()).item()
+
+
 def test_converted_checkpoint_resumes_without_model_flags(runs):
-    _, outputs = runs
+    """The converted checkpoint resumes with no model flags, at PP2, and its first training loss, computed
+    before any update, equals the source HF model's own loss on the same batch: a garbled conversion (gate
+    and up swapped, a tensor transposed, norms mixed up) changes this loss, even when it round-trips."""
+    from launch import read_losses
+
+    from megatron_ext.data.loader import MockGPTDataset
+
+    root, outputs = runs
     log = outputs["resumed"]
     assert "iteration        1/       2" in log and "iteration        2/       2" in log, log[-3000:]
-    losses = [float(line.split("lm loss:")[1].split("|")[0]) for line in log.splitlines() if "lm loss:" in line]
-    # A random model over 1000 tokens: about ln(1000) = 6.9 (a garbled load would not be this close).
-    assert len(losses) == 2 and abs(losses[0] - 6.9) < 0.3, losses
+    losses = read_losses(root / "resumed.jsonl")
+    assert sorted(losses) == [1, 2], losses
+    # Iteration 1's global batch: samples 0 and 1 of the mock data (global batch 2, one data-parallel rank),
+    # the same size of sequences as the run (from the converted checkpoint, which --load takes them from).
+    ckpt_args = load_common(root / "converted" / "iter_0000000")["args"]
+    data = MockGPTDataset(4, ckpt_args["seq_length"], ckpt_args["vocab_size"], seed=1234)  # --seed default
+    samples = [data[i] for i in (0, 1)]
+    tokens = torch.as_tensor(numpy.stack([s["tokens"] for s in samples]))
+    labels = torch.as_tensor(numpy.stack([s["labels"] for s in samples]))
+    expected = _source_model_loss(root / "hf-llama", tokens, labels)
+    assert abs(losses[1] - expected) < 1e-5 * expected, (
+        f"first loss after conversion {losses[1]:.7f}, the source model's on the same batch {expected:.7f}")
+
+
+def test_converted_crystal_checkpoint_trains_on_the_source_models_loss(runs):
+    """CrystalCoder's layout (Conv1D weights stored [in, out], fused qkv, biases, μP multipliers) converted
+    and resumed at TP2: the first training loss equals the loss of the independent float64 forward of the
+    source checkpoint (conversion_helpers.crystal_reference_logits) on the same batch, so a tensor left
+    untransposed (or transposed twice) in both directions, invisible to a round trip, fails here."""
+    from launch import read_losses
+
+    from megatron_ext.data.loader import MockGPTDataset
+
+    root, _ = runs
+    losses = read_losses(root / "resumed-crystal.jsonl")
+    assert sorted(losses) == [1, 2], losses
+    ckpt_args = load_common(root / "converted-crystal" / "iter_0000000")["args"]
+    data = MockGPTDataset(4, ckpt_args["seq_length"], ckpt_args["vocab_size"], seed=1234)
+    samples = [data[i] for i in (0, 1)]
+    tokens = numpy.stack([s["tokens"] for s in samples])
+    labels = torch.as_tensor(numpy.stack([s["labels"] for s in samples]))
+    logits = crystal_reference_logits(root / "hf-crystal", tokens.tolist())
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten()).item()
+    assert abs(losses[1] - expected) < 1e-5 * expected, (
+        f"first loss after conversion {losses[1]:.7f}, the float64 reference on the same batch {expected:.7f}")
 
 
 def test_bin_shards_and_sharded_safetensors_read_like_one_file(tmp_path):
