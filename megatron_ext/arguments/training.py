@@ -37,3 +37,13 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--recompute-activations", dest="recompute_granularity",
                    action="store_const", const="selective")
     g.add_argument("--seed", type=int, default=1234)
+
+    g = parser.add_argument_group("stopping early")
+    g.add_argument("--exit-signal-handler", action="store_true",
+                   help="on SIGTERM/SIGINT (Slurm's preemption, Ctrl-C) finish the step, save and exit 0")
+    g.add_argument("--exit-interval", type=int, default=None,
+                   help="save and exit at the first iteration divisible by this")
+    g.add_argument("--exit-duration-in-mins", type=float, default=None,
+                   help="save and exit once the run has trained this long (leave time for the save)")
+    g.add_argument("--check-for-nan-in-loss-and-grad", action=argparse.BooleanOptionalAction, default=True,
+                   help="stop, without saving, when the loss or gradient norm is NaN/Inf (default: on)")

@@ -83,9 +83,11 @@ def evaluate(model, data_iterators, args) -> float | None:
     return average_loss(losses)
 
 
-def train(args, model, optimizer, scheduler, state: TrainState, train_iters, validation_loss, logger, save_fn):
-    """Runs until args.train_iters; returns the validation loss at the last iteration, if evaluated
-    there. validation_loss() evaluates (None: never)."""
+def train(args, model, optimizer, scheduler, state: TrainState, train_iters, validation_loss, logger, save_fn,
+          stop_check):
+    """Runs until args.train_iters or until stop_check says to stop. Returns (validation loss at the
+    last iteration if evaluated there, why it stopped early or None). validation_loss() evaluates
+    (None: never); save_fn(state) saves."""
     for chunk in model:
         chunk.train()
     logger.start_window()
@@ -96,6 +98,9 @@ def train(args, model, optimizer, scheduler, state: TrainState, train_iters, val
         state.consumed_samples += args.global_batch_size
         logger.training_step(state, loss, base_lr(scheduler), grad_norm, optimizer.get_loss_scale().item(),
                              dist.get_world_size())
+        stop_reason = stop_check.after_step(state.iteration, loss, grad_norm)  # raises on NaN/Inf
+        if stop_reason:
+            return last_valid, stop_reason
         last_valid = None
         if validation_loss and state.iteration % args.eval_interval == 0:
             last_valid = validation_loss()
@@ -104,4 +109,4 @@ def train(args, model, optimizer, scheduler, state: TrainState, train_iters, val
         if args.save and args.save_interval and state.iteration % args.save_interval == 0:
             save_fn(state)
             logger.start_window()
-    return last_valid
+    return last_valid, None

@@ -37,6 +37,7 @@ def _run(args, platform) -> float | None:
     from megatron_ext.training.build import build_trainable
     from megatron_ext.training.logging import TrainLogger
     from megatron_ext.training.loop import TrainState, evaluate, train
+    from megatron_ext.training.stopping import StopCheck
     from megatron_ext.training.parallel import data_parallel_rank_and_size, initialize_parallel, is_last_rank
 
     initialize_parallel(args)
@@ -67,18 +68,32 @@ def _run(args, platform) -> float | None:
     def validation_loss():  # the same held-out batches every time, so values compare across a run
         return evaluate(model, iterators(valid_ds, 0, cycle=True), args) if valid_ds is not None else None
 
+    saved_at = [None]
+
     def save(train_state):
         path = save_checkpoint(args.save, model, optimizer, scheduler, train_state, args)
+        saved_at[0] = train_state.iteration
         if is_last_rank():
             print(f" > saved checkpoint at iteration {train_state.iteration} to {path}", flush=True)
 
     if args.eval_interval and state.iteration == 0:
         logger.validation(state, validation_loss())
-    final_loss = train(args, model, optimizer, scheduler, state,
-                       iterators(train_ds, state.consumed_samples, cycle=False),
-                       validation_loss if args.eval_interval else None, logger, save)
-    if args.save and not (args.save_interval and state.iteration % args.save_interval == 0):
+    stop_check = StopCheck(args, platform.device)
+    try:
+        final_loss, stop_reason = train(args, model, optimizer, scheduler, state,
+                                        iterators(train_ds, state.consumed_samples, cycle=False),
+                                        validation_loss if args.eval_interval else None, logger, save, stop_check)
+    finally:
+        stop_check.close()
+    if args.save and saved_at[0] != state.iteration:
         save(state)
+    if stop_reason:
+        if is_last_rank():
+            print(f" > stopping at iteration {state.iteration}/{args.train_iters}: {stop_reason}"
+                  + (f"; resume with --load {args.save}" if args.save else " (no --save: nothing was saved)"),
+                  flush=True)
+        logger.close()
+        return final_loss
     # Decided from the iteration, not the loss: only the last pipeline stage gets a loss back.
     if args.eval_interval and state.iteration % args.eval_interval:
         final_loss = validation_loss()
