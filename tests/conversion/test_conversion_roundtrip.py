@@ -1,7 +1,7 @@
 """Round trips are exact: HF -> Megatron -> HF gives bit-identical tensors, config and tokenizer;
 Megatron -> HF -> Megatron (from checkpoints pretrain_llama.py saved at TP2 and PP2, LLaMA and the
 tiny-crystal preset) gives bit-identical weights under the same keys. A converted checkpoint resumes
-in pretrain_llama.py with no model flags."""
+in pretrain_llama.py with no model flags, and its first loss is the source model's own loss on that batch."""
 
 import filecmp
 import json
@@ -34,25 +34,36 @@ def _launch(args: list) -> subprocess.Popen:
                             text=True)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Checkpoints saved by pretrain_llama.py, and a run resumed from a converted HF model; all
-    launched at once (their start-up, not their compute, is what costs)."""
-    root = tmp_path_factory.mktemp("pretrain")
-    random_llama(root / "hf-llama", tied=False)
-    hf_to_megatron(str(root / "hf-llama"), str(root / "converted"), progress=False)
-    procs = {name: _launch(RUN + flags + ["--save", root / name]) for name, flags in PRETRAINED.items()}
-    procs["resumed"] = _launch(RUN + ["--load", root / "converted", "--pipeline-model-parallel-size", 2,
-                                      "--log-json", root / "resumed.jsonl"])
-    random_crystal(root / "hf-crystal")
-    hf_to_megatron(str(root / "hf-crystal"), str(root / "converted-crystal"), progress=False)
-    procs["resumed-crystal"] = _launch(RUN + ["--load", root / "converted-crystal", "--tensor-model-parallel-size", 2,
-                                              "--log-json", root / "resumed-crystal.jsonl"])
+def _finish(procs: dict) -> dict:
     outputs = {}
     for name, proc in procs.items():
         outputs[name] = proc.communicate(timeout=600)[0]
         assert proc.returncode == 0, f"{name}:\n{outputs[name][-5000:]}"
-    return root, outputs
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Checkpoints saved by pretrain_llama.py, all launched at once (their start-up, not their compute, is
+    what costs)."""
+    root = tmp_path_factory.mktemp("pretrain")
+    procs = {name: _launch(RUN + flags + ["--save", root / name]) for name, flags in PRETRAINED.items()}
+    return root, _finish(procs)
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    """Runs resumed from converted HF models (LLaMA at PP2, CrystalCoder at TP2), with their loss logs."""
+    root = tmp_path_factory.mktemp("resumed")
+    random_llama(root / "hf-llama", tied=False)
+    hf_to_megatron(str(root / "hf-llama"), str(root / "converted"), progress=False)
+    random_crystal(root / "hf-crystal")
+    hf_to_megatron(str(root / "hf-crystal"), str(root / "converted-crystal"), progress=False)
+    procs = {"resumed": _launch(RUN + ["--load", root / "converted", "--pipeline-model-parallel-size", 2,
+                                       "--log-json", root / "resumed.jsonl"]),
+             "resumed-crystal": _launch(RUN + ["--load", root / "converted-crystal", "--tensor-model-parallel-size",
+                                               2, "--log-json", root / "resumed-crystal.jsonl"])}
+    return root, _finish(procs)
 
 
 def _assert_same_hf(a, b) -> None:
@@ -143,7 +154,7 @@ def _source_model_loss(hf_dir, tokens: torch.Tensor, labels: torch.Tensor) -> fl
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten()).item()
 
 
-def test_converted_checkpoint_resumes_without_model_flags(runs):
+def test_converted_checkpoint_resumes_without_model_flags(resumed):
     """The converted checkpoint resumes with no model flags, at PP2, and its first training loss, computed
     before any update, equals the source HF model's own loss on the same batch: a garbled conversion (gate
     and up swapped, a tensor transposed, norms mixed up) changes this loss, even when it round-trips."""
@@ -151,7 +162,7 @@ def test_converted_checkpoint_resumes_without_model_flags(runs):
 
     from megatron_ext.data.loader import MockGPTDataset
 
-    root, outputs = runs
+    root, outputs = resumed
     log = outputs["resumed"]
     assert "iteration        1/       2" in log and "iteration        2/       2" in log, log[-3000:]
     losses = read_losses(root / "resumed.jsonl")
@@ -168,7 +179,7 @@ def test_converted_checkpoint_resumes_without_model_flags(runs):
         f"first loss after conversion {losses[1]:.7f}, the source model's on the same batch {expected:.7f}")
 
 
-def test_converted_crystal_checkpoint_trains_on_the_source_models_loss(runs):
+def test_converted_crystal_checkpoint_trains_on_the_source_models_loss(resumed):
     """CrystalCoder's layout (Conv1D weights stored [in, out], fused qkv, biases, μP multipliers) converted
     and resumed at TP2: the first training loss equals the loss of the independent float64 forward of the
     source checkpoint (conversion_helpers.crystal_reference_logits) on the same batch, so a tensor left
@@ -177,7 +188,7 @@ def test_converted_crystal_checkpoint_trains_on_the_source_models_loss(runs):
 
     from megatron_ext.data.loader import MockGPTDataset
 
-    root, _ = runs
+    root, _ = resumed
     losses = read_losses(root / "resumed-crystal.jsonl")
     assert sorted(losses) == [1, 2], losses
     ckpt_args = load_common(root / "converted-crystal" / "iter_0000000")["args"]

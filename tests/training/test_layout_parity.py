@@ -1,5 +1,6 @@
 """Every parallel layout trains exactly like the single process: same fp32 loss at each iteration."""
 
+import json
 import subprocess
 
 import pytest
@@ -55,8 +56,23 @@ def test_half_precision_tracks_fp32(precision, tolerance, reference_losses, tmp_
     assert sorted(losses) == sorted(reference_losses)
     for it, ref in reference_losses.items():
         assert losses[it] == pytest.approx(ref, rel=tolerance), f"{precision} iteration {it}"
-    assert losses != reference_losses  # it really ran in half precision
+    assert losses != reference_losses
     assert (" loss scale: " in proc.stdout) == (precision == "--fp16")
+    # It really ran in half precision: the same flags through the project's builders, one training step, on
+    # every rank: the model's parameters and every layer's output activations are in the half type, and the
+    # optimizer steps fp32 main copies of them.
+    half = "torch.bfloat16" if precision == "--bf16" else "torch.float16"
+    cmd = torchrun_cmd(2, str(REPO / "tests" / "training" / "precision_worker.py")) + [str(tmp_path / "dtypes")] + [
+        str(a) for a in TINY_ARGS + ["--train-iters", 1, "--tensor-model-parallel-size", 2, precision]]
+    worker = subprocess.run(cmd, cwd=REPO, env=test_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, timeout=600)
+    assert worker.returncode == 0, worker.stdout[-4000:]
+    for rank in (0, 1):
+        dtypes = json.loads((tmp_path / f"dtypes.{rank}.json").read_text())
+        assert set(dtypes["params"]) == {half}, f"rank {rank} parameters: {dtypes['params']}"
+        assert set(dtypes["activations"]) == {half} and sum(dtypes["activations"].values()) > 0, (
+            f"rank {rank} layer outputs: {dtypes['activations']}")
+        assert set(dtypes["main_params"]) == {"torch.float32"}, f"rank {rank} optimizer: {dtypes['main_params']}"
 
 
 def test_simulated_two_node_job_matches_single_process(reference_losses, tmp_path):
