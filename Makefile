@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test clean
+.PHONY: demo test test-mutations clean
 
 $(STAMP): setup.py requirements/ci.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VPY) -m pytest tests -q -p no:cacheprovider; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$status
+
+# Planted bugs (tests/mutations/*.patch), each applied to a scratch copy of HEAD: every one must make its tests
+# fail. Not part of `make test` (a few minutes); see docs/testing.md for when to run it.
+test-mutations: $(STAMP)
+	$(VPY) tests/mutations/run.py
 
 clean:
 	rm -rf $(VENV) demo_out *.egg-info

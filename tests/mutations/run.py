@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -107,13 +108,16 @@ def check_shadowing(copy: Path) -> None:
 def run_pytest(copy: Path, select: list[str], stop_first: bool, timeout: int) -> tuple[int, str, float]:
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf"] + (["-x"] if stop_first else [])
     start = time.monotonic()
+    # Own process group, so a timeout also ends the torchrun jobs a test started (a planted bug may hang one).
+    proc = subprocess.Popen(cmd + select, cwd=copy, env=env_for(copy), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        proc = subprocess.run(cmd + select, cwd=copy, env=env_for(copy), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, timeout=timeout)
-        return proc.returncode, proc.stdout, time.monotonic() - start
-    except subprocess.TimeoutExpired as err:
-        out = err.stdout.decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
-        return -1, out + f"\n(timed out after {timeout} s)", time.monotonic() - start
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, out, time.monotonic() - start
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        return -1, (out or "") + f"\n(timed out after {timeout} s)", time.monotonic() - start
 
 
 def apply_patch(copy: Path, patch: Path) -> str | None:
