@@ -13,3 +13,7 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--finetune", action="store_true",
                    help="load weights only and restart iteration count, optimizer and schedule")
     g.add_argument("--ckpt-format", choices=["torch_dist"], default="torch_dist")
+    g.add_argument("--overwrite", action="store_true",
+                   help="allow --save into a directory that holds a checkpoint of a different model")
+    g.add_argument("--no-verify-checkpoint", action="store_true",
+                   help="load without checking every file against the checksums written at save (faster)")

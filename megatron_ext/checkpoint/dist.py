@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from contextlib import contextmanager
+from multiprocessing.managers import SyncManager
 
 import torch
 import torch.distributed as dist
@@ -19,8 +21,9 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
-from megatron_ext.checkpoint.paths import (LATEST_FILE, CheckpointError, existing_iteration_dir, iteration_dir,
-                                           read_latest_iteration, write_text_atomic)
+from megatron_ext.checkpoint.integrity import verify_checksums, write_checksums
+from megatron_ext.checkpoint.paths import (LATEST_FILE, CheckpointError, existing_iteration_dir,
+                                           has_checkpoint, iteration_dir, read_latest_iteration, write_text_atomic)
 from megatron_ext.checkpoint.rng import capture_rng_state, restore_rng_state
 
 # fully_reshardable: the distributed optimizer's state in canonical per-parameter form, so it reshards
@@ -99,6 +102,24 @@ def _sharded_state(model, optimizer, scheduler, *, is_loading: bool, with_optimi
     return state
 
 
+def _ignore_exit_signals() -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _start_write_results_queue() -> None:
+    """megatron-core 0.16.1's torch_dist writer starts a multiprocessing Manager on the first save and
+    reuses it for every later one. Slurm's SIGTERM (and Ctrl-C's SIGINT) reach that process too, and
+    without it the save that --exit-signal-handler makes on the way out fails with a broken pipe.
+    Start it ourselves, deaf to those signals (it ends with the trainer)."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is None:
+        manager = SyncManager(ctx=torch.multiprocessing.get_context("spawn"))
+        manager.start(initializer=_ignore_exit_signals)
+        filesystem_async._results_queue = manager.Queue()  # the proxy keeps the manager alive
+
+
 def finish_param_sync(model) -> None:
     """With --overlap-param-gather the all-gather of the parameters updated by the last step only
     completes in the next forward; a save before it would write the other ranks' stale shards.
@@ -110,6 +131,7 @@ def finish_param_sync(model) -> None:
 
 def save_checkpoint(root: str, model, optimizer, scheduler, train_state, args) -> str:
     finish_param_sync(model)
+    _start_write_results_queue()
     final = iteration_dir(root, train_state.iteration)
     tmp = final + ".tmp"
     if dist.get_rank() == 0:
@@ -120,7 +142,18 @@ def save_checkpoint(root: str, model, optimizer, scheduler, train_state, args) -
     state = _sharded_state(model, optimizer, scheduler, is_loading=False, with_optimizer=True, with_rng=True)
     state.update(iteration=train_state.iteration, consumed_samples=train_state.consumed_samples,
                  args=saved_args(args), checkpoint_version=1)
-    dist_checkpointing.save(state, tmp)
+    try:
+        dist_checkpointing.save(state, tmp)
+        write_checksums(tmp)
+    except (Exception, CheckpointException) as exc:  # a full disk, a quota, an I/O error on any rank
+        dist.barrier()
+        if dist.get_rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(root).free / 2**30
+        raise CheckpointError(f"cannot save iteration {train_state.iteration} to {final}: {_cause(exc)}. The "
+                              f"partial files were removed and the previous checkpoint is still the latest "
+                              f"({free:.1f} GiB free there); free space or pass another --save, then resume "
+                              "with --load") from exc
     dist.barrier()
     if dist.get_rank() == 0:
         if os.path.exists(final):  # re-saving an iteration (a restarted run): swap, never half-replace
@@ -131,6 +164,14 @@ def save_checkpoint(root: str, model, optimizer, scheduler, train_state, args) -
         shutil.rmtree(final + ".old", ignore_errors=True)
     dist.barrier()
     return final
+
+
+def _cause(exc: BaseException) -> str:
+    if isinstance(exc, CheckpointException):  # failures: rank -> (exception, traceback frames)
+        if not exc.failures:
+            return "another rank failed (its message says why)"
+        exc = next(iter(exc.failures.values()))[0]
+    return f"{type(exc).__name__}({exc})"
 
 
 def saved_args(args) -> dict:
@@ -151,13 +192,32 @@ def read_checkpoint_args(root: str, iteration: int | None = None) -> tuple[int, 
     return iteration, common
 
 
-def check_compatible(saved: dict, args, path: str) -> None:
+def model_difference(saved: dict, args) -> str | None:
+    """The first shape-fixing flag on which a checkpoint's saved args and this run disagree."""
     for key in MODEL_KEYS:
         if key in saved and saved[key] != getattr(args, key, None):
-            hint = (" (the tokenizer's vocabulary does not match the checkpoint's: use the tokenizer the "
-                    "checkpoint was trained with)" if key == "padded_vocab_size" else "")
-            raise CheckpointError(f"checkpoint {path} has {key}={saved[key]!r} but this run has "
-                                  f"{getattr(args, key, None)!r}{hint}")
+            return f"{key}={saved[key]!r} but this run has {getattr(args, key, None)!r}"
+    return None
+
+
+def check_compatible(saved: dict, args, path: str) -> None:
+    difference = model_difference(saved, args)
+    if difference:
+        hint = (" (the tokenizer's vocabulary does not match the checkpoint's: use the tokenizer the "
+                "checkpoint was trained with)" if difference.startswith("padded_vocab_size") else "")
+        raise CheckpointError(f"checkpoint {path} has {difference}{hint}")
+
+
+def check_save_target(root: str, args) -> None:
+    """Refuse to mix another model's checkpoints into --save (unless --overwrite): its latest iteration
+    must have this run's shapes. Resuming (--load ROOT) is checked the same way when it loads."""
+    if args.overwrite or not has_checkpoint(root):
+        return
+    _, common = read_checkpoint_args(root)
+    difference = model_difference(common.get("args", {}), args)
+    if difference:
+        raise CheckpointError(f"--save {root} holds a checkpoint of a different model (its {difference}); "
+                              "saving there would replace it. Pass another --save, or --overwrite to replace it")
 
 
 def load_checkpoint(root: str, model, optimizer, scheduler, args):
@@ -171,15 +231,14 @@ def load_checkpoint(root: str, model, optimizer, scheduler, args):
     same_layout = all(saved.get(k) == getattr(args, k, None) for k in LAYOUT_KEYS)
     with_rng = same_layout and not args.no_load_rng and not weights_only
     with_optimizer = not (weights_only or args.no_load_optim)
+    if not args.no_verify_checkpoint and not verify_checksums(path) and dist.get_rank() == 0:
+        print(f" > {path} has no checksums (written before they were added): not verified", flush=True)
     state = _sharded_state(model, optimizer, scheduler, is_loading=True, with_optimizer=with_optimizer,
                            with_rng=with_rng)
     try:
         loaded = dist_checkpointing.load(state, path)
     except (Exception, CheckpointException) as exc:
-        cause = exc
-        if isinstance(exc, CheckpointException):  # failures: rank -> (exception, traceback frames)
-            cause = next(iter(exc.failures.values()), (exc,))[0]
-        raise CheckpointError(f"cannot load checkpoint {path}: {type(cause).__name__}({cause}). A shard may be "
+        raise CheckpointError(f"cannot load checkpoint {path}: {_cause(exc)}. A shard may be "
                               "truncated or missing: load an earlier iteration (edit "
                               f"{LATEST_FILE}) or re-copy the checkpoint") from exc
     for i, chunk in enumerate(model):

@@ -25,6 +25,14 @@ def existing_iteration_dir(root: str, iteration: int) -> str:
     return path
 
 
+def has_checkpoint(root: str) -> bool:
+    """False for a directory that does not exist yet or holds no checkpoint (a first launch with the
+    same --save and --load); a directory with iteration folders but no latest file is damaged, not empty."""
+    if not os.path.isdir(root):
+        return False
+    return any(name == LATEST_FILE or name.startswith("iter_") for name in os.listdir(root))
+
+
 def read_latest_iteration(root: str) -> int:
     path = os.path.join(root, LATEST_FILE)
     if not os.path.isfile(path):

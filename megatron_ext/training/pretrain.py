@@ -29,28 +29,43 @@ def pretrain(argv: list[str] | None = None) -> float | None:
 
 
 def _run(args, platform) -> float | None:
+    from megatron_ext.checkpoint.lock import SaveLock
+
+    lock = SaveLock(args.save)  # before anything is written: a second run into --save stops here
+    try:
+        return _train(args, platform)
+    finally:
+        lock.release()
+
+
+def _train(args, platform) -> float | None:
     # Imported here so --help and flag errors do not pay for megatron-core's import.
-    from megatron_ext.checkpoint.dist import load_checkpoint, save_checkpoint
+    from megatron_ext.checkpoint.dist import check_save_target, load_checkpoint, save_checkpoint
+    from megatron_ext.checkpoint.paths import has_checkpoint
     from megatron_ext.data.build import build_datasets, build_vocab, describe_data
     from megatron_ext.data.loader import micro_batches
     from megatron_ext.models.gpt import count_parameters, padded_vocab_size
     from megatron_ext.training.build import build_trainable
     from megatron_ext.training.logging import TrainLogger
     from megatron_ext.training.loop import TrainState, evaluate, train
-    from megatron_ext.training.stopping import StopCheck
     from megatron_ext.training.parallel import data_parallel_rank_and_size, initialize_parallel, is_last_rank
+    from megatron_ext.training.stopping import StopCheck
 
     initialize_parallel(args)
     tokenizer, vocab_size = build_vocab(args)
     if args.tokenizer_type != "NullTokenizer":  # NullTokenizer adds its EOD to the --vocab-size it is given
         args.vocab_size = vocab_size  # saved with checkpoints: exporters drop the padding rows past it
     args.padded_vocab_size = padded_vocab_size(vocab_size, args.make_vocab_size_divisible_by)
+    if args.save:
+        check_save_target(args.save, args)
     built = build_trainable(args, platform.device, vocab_size)
     model, optimizer, scheduler = built.model, built.optimizer, built.scheduler
 
     state = TrainState()
-    if args.load:
+    if args.load and has_checkpoint(args.load):
         state.iteration, state.consumed_samples = load_checkpoint(args.load, model, optimizer, scheduler, args)
+    elif args.load and is_last_rank():  # Megatron-LM's behaviour: --save X --load X on a first launch
+        print(f" > no checkpoint in --load {args.load} yet: starting from scratch", flush=True)
     train_ds, valid_ds = build_datasets(args, tokenizer, vocab_size)
     dp_rank, dp_size = data_parallel_rank_and_size()
 

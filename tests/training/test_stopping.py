@@ -33,11 +33,14 @@ def _logged_iterations(log) -> int:
         return 0
 
 
-def _signal_after(proc, log, target: str, iterations: int = 3) -> None:
+def _wait_for_iterations(proc, log, iterations: int = 3) -> None:
     deadline = time.monotonic() + 300
     while _logged_iterations(log) < iterations:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-4000:]
         time.sleep(0.05)
+
+
+def _signal(proc, target: str) -> None:
     if target == "torchrun":
         proc.send_signal(signal.SIGTERM)
     else:  # as Slurm signals a job's tasks: the workers and their data-loader processes
@@ -66,11 +69,18 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("stopping")
     procs, out = {}, {}
     for target in TARGETS:
-        procs[target] = _launch(LONG + ["--save", root / target], root / f"{target}.jsonl")
+        procs[target] = _launch(LONG + ["--save", root / target, "--save-interval", 2], root / f"{target}.jsonl")
     procs["nan"] = _launch(TINY_ARGS + ["--bf16", "--lr", "1e10", "--train-iters", 20, "--save", root / "nan",
                                         "--save-interval", 1], root / "nan.jsonl")
     for target in TARGETS:
-        _signal_after(procs[target], root / f"{target}.jsonl", target)
+        _wait_for_iterations(procs[target], root / f"{target}.jsonl")
+    # A second run saving into the directory of one in progress must refuse before writing anything.
+    intruder = _launch(TINY_ARGS + ["--train-iters", 2, "--seed", 7, "--save", root / "workers"],
+                       root / "intruder.jsonl")
+    out["intruder"] = intruder.communicate(timeout=600)[0]
+    out["intruder:rc"] = intruder.returncode
+    for target in TARGETS:
+        _signal(procs[target], target)
     for name, proc in procs.items():
         out[name] = proc.communicate(timeout=600)[0]
         out[name + ":rc"] = proc.returncode
@@ -101,6 +111,14 @@ def test_sigterm_saves_the_last_complete_iteration(runs, target):
         tracebacks = out[target].count("Traceback")
         assert tracebacks == 1 and out[target].count("SignalException: Process") == 1, out[target][-3000:]
         assert "ChildFailedError" not in out[target]
+
+
+def test_a_second_run_into_the_same_save_refuses(runs):
+    """The first run (the 'workers' one) saved throughout; its checkpoints resuming exactly is checked
+    by test_resume_after_sigterm_equals_the_uninterrupted_run."""
+    root, out, _ = runs
+    assert out["intruder:rc"] != 0 and not (root / "intruder.jsonl").exists()
+    assert f"--save {root / 'workers'} is in use by another run (host " in out["intruder"], out["intruder"][-3000:]
 
 
 @pytest.mark.parametrize("target", TARGETS)
