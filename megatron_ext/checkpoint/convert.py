@@ -44,6 +44,7 @@ from megatron_ext.checkpoint.hf_arch import (LINEAR_MODULES, MODEL_FLAGS, Arch, 
                                              expect_shape, meta_tensors, padded_vocab_size)
 from megatron_ext.checkpoint.hf_files import (HFWeights, SafetensorsStreamWriter, auto_map_modules,
                                               copy_remote_code, copy_tokenizer, plan_shards, read_json)
+from megatron_ext.checkpoint.integrity import IntegrityError, verify_checksums, write_checksums
 from megatron_ext.checkpoint.paths import LATEST_FILE, iteration_dir, read_latest_iteration, write_text_atomic
 
 FORMATS = {hf_llama.NAME: hf_llama, hf_crystalcoder.NAME: hf_crystalcoder}
@@ -407,6 +408,7 @@ def hf_to_megatron(hf_dir: str, save: str, model_format: str | None = None, over
                 return tensors
 
             TorchDistWriter(iteration_dir(tmp, 0)).save(groups, produce, dtype, arch.num_layers, common)
+        write_checksums(iteration_dir(tmp, 0))
         write_text_atomic(os.path.join(tmp, LATEST_FILE), "0")
     return iteration_dir(os.path.abspath(save), 0)
 
@@ -470,6 +472,10 @@ def megatron_to_hf(load: str, out: str, iteration: int | None = None, dtype: tor
                    model_format: str | None = None, overwrite: bool = False, vocab_size: int | None = None,
                    max_shard_bytes: int = 5 * 2**30, progress: bool = True) -> str:
     iteration, directory, common = read_common(load, iteration)
+    try:
+        verify_checksums(directory)  # a damaged shard would otherwise export as silently wrong weights
+    except IntegrityError as exc:
+        raise ConversionError(str(exc)) from None
     args = common["args"]
     vocab = vocab_size or true_vocab_size(args)
     if not vocab:

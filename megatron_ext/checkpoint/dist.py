@@ -21,7 +21,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
-from megatron_ext.checkpoint.integrity import verify_checksums, write_checksums
+from megatron_ext.checkpoint.integrity import IntegrityError, verify_checksums, write_checksums
 from megatron_ext.checkpoint.paths import (LATEST_FILE, CheckpointError, existing_iteration_dir,
                                            has_checkpoint, iteration_dir, read_latest_iteration, write_text_atomic)
 from megatron_ext.checkpoint.rng import capture_rng_state, restore_rng_state
@@ -231,8 +231,13 @@ def load_checkpoint(root: str, model, optimizer, scheduler, args):
     same_layout = all(saved.get(k) == getattr(args, k, None) for k in LAYOUT_KEYS)
     with_rng = same_layout and not args.no_load_rng and not weights_only
     with_optimizer = not (weights_only or args.no_load_optim)
-    if not args.no_verify_checkpoint and not verify_checksums(path) and dist.get_rank() == 0:
-        print(f" > {path} has no checksums (written before they were added): not verified", flush=True)
+    if not args.no_verify_checkpoint:
+        try:
+            verified = verify_checksums(path)
+        except IntegrityError as exc:
+            raise CheckpointError(f"{exc}; --no-verify-checkpoint skips this check") from None
+        if not verified and dist.get_rank() == 0:
+            print(f" > {path} has no checksums (written before they were added): not verified", flush=True)
     state = _sharded_state(model, optimizer, scheduler, is_loading=True, with_optimizer=with_optimizer,
                            with_rng=with_rng)
     try:

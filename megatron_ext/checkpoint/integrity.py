@@ -13,9 +13,11 @@ import os
 
 import torch.distributed as dist
 
-from megatron_ext.checkpoint.paths import CheckpointError
-
 CHECKSUM_FILE = "checksums.sha256"
+
+
+class IntegrityError(ValueError):
+    """A checkpoint file is missing or differs from the checksum written when it was saved."""
 
 
 def _rank_and_size() -> tuple[int, int]:
@@ -89,7 +91,6 @@ def verify_checksums(directory: str) -> bool:
             bad.append(f"{path} does not match its checksum (damaged since it was saved)")
     bad = [entry for share in _gather(bad) for entry in share]
     if bad:
-        raise CheckpointError(f"checkpoint {directory} is damaged: {'; '.join(bad)}. Re-copy it, or load an earlier "
-                              "iteration (edit latest_checkpointed_iteration.txt); --no-verify-checkpoint skips "
-                              "this check")
+        raise IntegrityError(f"checkpoint {directory} is damaged: {'; '.join(bad)}. Re-copy it, or load an earlier "
+                             "iteration (edit latest_checkpointed_iteration.txt)")
     return True

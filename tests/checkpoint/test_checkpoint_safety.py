@@ -15,7 +15,6 @@ from launch import REPO, TINY_ARGS, torchrun_cmd
 from launch import test_env as launch_env  # renamed: pytest would collect a test_* name
 
 from megatron_ext.checkpoint import integrity, lock
-from megatron_ext.checkpoint.paths import CheckpointError
 
 BASE = TINY_ARGS + ["--train-iters", 3]
 # Below one shard of the tiny model (~1.7 MB), above everything else a run writes.
@@ -139,8 +138,18 @@ def test_checksums_catch_a_changed_or_missing_file(tmp_path):
     assert integrity.verify_checksums(str(tmp_path)) is True
     _corrupt_in_place(tmp_path / "a.distcp")
     (tmp_path / "common.pt").unlink()
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(integrity.IntegrityError) as err:
         integrity.verify_checksums(str(tmp_path))
-    message = str(err.value.code)
+    message = str(err.value)
     assert f"{tmp_path / 'a.distcp'} does not match" in message and f"{tmp_path / 'common.pt'} is missing" in message
     assert integrity.verify_checksums(str(tmp_path / "nonexistent")) is False
+
+
+def test_export_refuses_a_damaged_shard(runs, tmp_path):
+    from megatron_ext.checkpoint.convert import ConversionError, megatron_to_hf
+
+    root, _, _, _ = runs
+    damaged = sorted((root / "corrupt" / "iter_0000003").glob("*.distcp"))[0]
+    with pytest.raises(ConversionError, match=f"{damaged} does not match its checksum"):
+        megatron_to_hf(str(root / "corrupt"), str(tmp_path / "hf"), vocab_size=512, progress=False)
+    assert not (tmp_path / "hf").exists()
