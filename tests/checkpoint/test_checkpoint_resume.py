@@ -6,6 +6,7 @@ import shutil
 import subprocess
 
 import pytest
+import torch
 from launch import REPO, read_log, read_losses, run_pretrain, torchrun_cmd
 from launch import TINY_ARGS as LAYOUT_ARGS
 from launch import test_env as launch_env  # renamed: pytest would collect a test_* name
@@ -102,33 +103,54 @@ def test_truncated_checkpoint_fails_clearly(uninterrupted, tmp_path):
     assert _snapshot(ckpt) == before
 
 
-def _resume_and_compare(ckpt, expected, tmp_path, save: bool = False, model_flags: bool = True):
+def _resume_and_compare(ckpt, expected, tmp_path, save: bool = False, model_flags: bool = True, extra=()):
     """Resume from ckpt at TP2 up to TOTAL; the losses must be the uninterrupted run's, bit for bit.
     Without model_flags the model's shape comes from the checkpoint alone (no --model-preset)."""
     log = tmp_path / "resumed.jsonl"
     args = TINY_ARGS if model_flags else [a for a in TINY_ARGS if a not in ("--model-preset", "tiny")]
     run_pretrain(args + ["--train-iters", TOTAL, "--load", ckpt, "--tensor-model-parallel-size", 2,
-                         "--log-json", log] + (["--save", ckpt] if save else []), nproc=2)
+                         "--log-json", log] + (["--save", ckpt] if save else []) + list(extra), nproc=2)
     resumed = read_losses(log)
     assert sorted(resumed) == list(range(SAVED_AT + 1, TOTAL + 1))
     assert resumed == {it: expected[it] for it in resumed}
 
 
-def test_crash_during_save_keeps_previous_checkpoint(uninterrupted, tmp_path):
+def _stored_dtypes(iteration_dir) -> dict:
+    """Tensor key -> dtype, as a torch_dist checkpoint's metadata records them."""
+    from torch.distributed import checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    metadata = dcp.FileSystemReader(str(iteration_dir)).read_metadata().state_dict_metadata
+    return {k: md.properties.dtype for k, md in metadata.items() if isinstance(md, TensorStorageMetadata)}
+
+
+def test_crash_during_save_keeps_previous_checkpoint(tmp_path):
     """The process is killed while writing its second checkpoint (tests/checkpoint/crash_during_save.py):
     the first stays the latest, nothing of the second is taken for a checkpoint, and resuming from
-    what is on disk continues the uninterrupted run exactly."""
-    _, expected = uninterrupted
+    what is on disk continues the crashed run exactly. In bf16 with the plain (not distributed)
+    optimizer: the checkpoint holds bf16 weights and the optimizer's fp32 main copy, and the resume is
+    bit-exact only if that copy is restored (re-deriving it from the bf16 weights loses its low bits).
+    The crashed run's own log is the uninterrupted reference: it logs iteration TOTAL before the save
+    that kills it (saving does not perturb training: test_resume_continues_the_uninterrupted_run)."""
     ckpt = tmp_path / "ckpt"
     cmd = torchrun_cmd(2, str(REPO / "tests/checkpoint/crash_during_save.py")) + [str(a) for a in TINY_ARGS + [
-        "--train-iters", TOTAL, "--tensor-model-parallel-size", 2, "--save", ckpt, "--save-interval", SAVED_AT]]
+        "--train-iters", TOTAL, "--tensor-model-parallel-size", 2, "--save", ckpt, "--save-interval", SAVED_AT,
+        "--bf16", "--log-json", tmp_path / "crashed.jsonl"]]
     with open(tmp_path / "crash.log", "w") as out:  # a file, not a pipe: nothing can hold it open
         proc = subprocess.run(cmd, cwd=REPO, env=launch_env(), stdout=out, stderr=subprocess.STDOUT, timeout=300)
     assert proc.returncode != 0, "the simulated crash did not happen"
+    expected = read_losses(tmp_path / "crashed.jsonl")
+    assert sorted(expected) == list(range(1, TOTAL + 1)), (tmp_path / "crash.log").read_text()[-3000:]
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == str(SAVED_AT)
     assert not (ckpt / f"iter_{TOTAL:07d}").exists()
     assert (ckpt / f"iter_{TOTAL:07d}.tmp").exists()  # the crashed save's partial files, never renamed
-    _resume_and_compare(ckpt, expected, tmp_path, save=True)
+    dtypes = _stored_dtypes(ckpt / f"iter_{SAVED_AT:07d}")
+    weights = {k: d for k, d in dtypes.items() if not k.startswith("optimizer.") and k.endswith(".weight")}
+    assert weights and set(weights.values()) == {torch.bfloat16}, weights
+    main_params = {k.removeprefix("optimizer.state.fp32_param."): d for k, d in dtypes.items()
+                   if k.startswith("optimizer.state.fp32_param.")}
+    assert sorted(main_params) == sorted(weights) and set(main_params.values()) == {torch.float32}, main_params
+    _resume_and_compare(ckpt, expected, tmp_path, save=True, extra=["--bf16"])
     # The resumed run's own save of that iteration replaced the leftovers with a complete checkpoint.
     assert not (ckpt / f"iter_{TOTAL:07d}.tmp").exists()
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == str(TOTAL)
