@@ -6,10 +6,12 @@ argv: OUT_PREFIX SPEC_JSON. SPEC_JSON holds a list of cases, each
 A case's variants share its parallel layout; cases may differ in layout (the parallel state is torn
 down and rebuilt between them), so one launch covers several layouts.
 
-Writes `<OUT_PREFIX>.<rank>.pt`: {case: {variant: {"losses", "grad_norms", "grads", "calls"}}} where
+Writes `<OUT_PREFIX>.<rank>.pt`: {case: {variant: {"losses", "grad_norms", "grads", "calls", "param_dtypes"}}}
+where
   grads: "<global param name>@tp<rank>" -> this rank's main_grad (fp32) as the optimizer of the
          first step sees it (after the schedule's finalize_model_grads, before clipping);
-  calls: "<op>:<impl>" -> how often the layers called megatron_ext.kernels.<op> with that impl.
+  calls: "<op>:<impl>" -> how often the layers called megatron_ext.kernels.<op> with that impl;
+  param_dtypes: the dtypes of the model's parameters (["torch.bfloat16"] under --bf16).
 """
 
 import collections
@@ -98,8 +100,9 @@ def run_case(case: dict, platform) -> dict:
             loss, grad_norm = train_step(model, optimizer, scheduler, iterators, variants[name])
             results[name]["losses"].append(loss)
             results[name]["grad_norms"].append(float(grad_norm))
-    for name in variants:
+    for name, (model, _, _, _) in built.items():
         results[name]["calls"] = {call: n for (variant, call), n in CALLS.items() if variant == (case["name"], name)}
+        results[name]["param_dtypes"] = sorted({str(p.dtype) for chunk in model for p in chunk.module.parameters()})
     parallel_state.destroy_model_parallel()
     return results
 
