@@ -36,12 +36,31 @@ def checkpoint_at(uninterrupted, tmp_path):
 
 
 def test_checkpoint_layout_on_disk(uninterrupted):
+    """What a checkpoint holds: its iteration, consumed samples and flags; every file under its checksum;
+    the whole model and Adam state, finite, and moved by training between the two saves."""
+    from megatron_ext.checkpoint.integrity import verify_checksums
+
     ckpt, _ = uninterrupted
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == str(TOTAL)
+    stored = {}
     for iteration in (SAVED_AT, TOTAL):
-        files = os.listdir(ckpt / f"iter_{iteration:07d}")
+        directory = ckpt / f"iter_{iteration:07d}"
+        files = os.listdir(directory)
         assert "metadata.json" in files and "common.pt" in files
         assert any(name.endswith(".distcp") for name in files)
+        assert verify_checksums(str(directory)) is True
+        common = torch.load(directory / "common.pt", map_location="cpu", weights_only=True)
+        assert common["iteration"] == iteration and common["consumed_samples"] == iteration * 4  # global batch 4
+        assert common["args"]["tensor_model_parallel_size"] == 2 and common["args"]["num_layers"] == 4
+        assert common["opt_param_scheduler"]["num_steps"] == iteration * 4, common["opt_param_scheduler"]
+        stored[iteration] = _stored_tensors(directory)
+    names = sorted(stored[TOTAL])
+    assert names == sorted(stored[SAVED_AT])
+    weights = [n for n in names if not n.startswith("optimizer.")]
+    assert {f"optimizer.state.{kind}.{n}" for n in weights for kind in ("exp_avg", "exp_avg_sq")} <= set(names)
+    for name in names:
+        assert torch.isfinite(stored[TOTAL][name]).all(), name
+    assert all(not torch.equal(stored[SAVED_AT][n], stored[TOTAL][n]) for n in weights)
     assert not [name for name in os.listdir(ckpt) if name.endswith(".tmp")]
 
 
@@ -113,6 +132,18 @@ def _resume_and_compare(ckpt, expected, tmp_path, save: bool = False, model_flag
     resumed = read_losses(log)
     assert sorted(resumed) == list(range(SAVED_AT + 1, TOTAL + 1))
     assert resumed == {it: expected[it] for it in resumed}
+
+
+def _stored_tensors(iteration_dir) -> dict:
+    """Every tensor of a torch_dist checkpoint (model and optimizer state), whole, by key."""
+    from torch.distributed import checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = dcp.FileSystemReader(str(iteration_dir))
+    state = {k: torch.empty(md.size, dtype=md.properties.dtype)
+             for k, md in reader.read_metadata().state_dict_metadata.items() if isinstance(md, TensorStorageMetadata)}
+    dcp.load(state, storage_reader=reader, no_dist=True)
+    return state
 
 
 def _stored_dtypes(iteration_dir) -> dict:

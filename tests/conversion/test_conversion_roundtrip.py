@@ -91,7 +91,12 @@ def test_hf_megatron_hf_with_the_command_line_tools(tmp_path):
     common = load_common(tmp_path / "mg" / "iter_0000000")
     assert common["iteration"] == 0 and "optimizer" not in common and "opt_param_scheduler" not in common
     assert common["args"]["padded_vocab_size"] == 1024 and common["args"]["num_query_groups"] == 2
-    assert (tmp_path / "mg" / "tokenizer" / "tokenizer.json").is_file()
+    # The source's tokenizer travels with the checkpoint, byte for byte, and the checkpoint's args use it.
+    copied = sorted(p.name for p in (tmp_path / "mg" / "tokenizer").iterdir())
+    assert "tokenizer.json" in copied
+    assert all(filecmp.cmp(tmp_path / "hf" / n, tmp_path / "mg" / "tokenizer" / n, shallow=False) for n in copied)
+    assert common["args"]["tokenizer_type"] == "HuggingFaceTokenizer"
+    assert common["args"]["tokenizer_model"] == str((tmp_path / "mg" / "tokenizer").resolve())
 
 
 @pytest.mark.parametrize("kind", ["llama-tied", "crystal"])
@@ -221,7 +226,13 @@ def test_bin_shards_and_sharded_safetensors_read_like_one_file(tmp_path):
         (bins / name).write_bytes((tmp_path / "hf" / name).read_bytes())
     # And as sharded safetensors (the exporter's own output, split small).
     megatron_to_hf(str(tmp_path / "mg"), str(tmp_path / "sharded"), max_shard_bytes=300_000, progress=False)
-    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    # Several shards, and the index maps every exported tensor to the shard that holds it.
+    weight_map = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())["weight_map"]
+    shards = sorted(p.name for p in (tmp_path / "sharded").glob("model-*.safetensors"))
+    assert len(shards) > 1 and sorted(set(weight_map.values())) == shards, (shards, set(weight_map.values()))
+    for shard in shards:
+        assert sorted(load_file(tmp_path / "sharded" / shard)) == sorted(n for n, f in weight_map.items() if f == shard)
+    assert sorted(weight_map) == sorted(state)
     for source in ("bins", "sharded"):
         hf_to_megatron(str(tmp_path / source), str(tmp_path / f"mg-{source}"), progress=False)
         converted = model_tensors(tmp_path / f"mg-{source}" / "iter_0000000")

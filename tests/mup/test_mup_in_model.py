@@ -8,6 +8,7 @@
 3. tools/mup_coord_check.py: activations stay flat with width under μP, grow under SP.
 """
 
+import csv
 import json
 import math
 import subprocess
@@ -156,4 +157,15 @@ def test_coord_check_tool_mup_flat_sp_grows(tmp_path):
     assert per_module["sp"]["logits"] > 0.8 and abs(per_module["mup"]["logits"]) < 0.45, per_module
     # Same model at the base width: μP at m = 1 is exactly SP (same init, multipliers 1).
     assert data["results"]["sp"]["64"] == data["results"]["mup"]["64"]
-    assert (out / "coord.csv").exists() and (out / "coord.png").read_bytes()[:4] == b"\x89PNG"
+    # The CSV holds the same numbers as the JSON, one row per parametrization, width, module and step.
+    with open(out / "coord.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    expected_rows = {(p, int(w), module, step): value for p, by_width in data["results"].items()
+                     for w, modules in by_width.items() for module, values in modules.items()
+                     for step, value in enumerate(values)}
+    assert len(rows) == len(expected_rows) and {(r["parametrization"], int(r["width"]), r["module"], int(r["step"]))
+                                                 for r in rows} == set(expected_rows)
+    assert all(float(r["mean_abs"]) == expected_rows[(r["parametrization"], int(r["width"]), r["module"],
+                                                      int(r["step"]))] for r in rows)
+    assert {int(w) for w in data["results"]["mup"]} == {64, 128, 256, 512}
+    assert (out / "coord.png").read_bytes()[:4] == b"\x89PNG"
