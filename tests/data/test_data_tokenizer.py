@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,11 @@ def sp_model(tmp_path_factory):
 def test_corpus_is_bundled_and_sized():
     sizes = [os.path.getsize(CORPUS / n) for n in ("english.jsonl", "code.jsonl")]
     assert 1_000_000 <= sum(sizes) <= 4_200_000
-    assert (CORPUS / "PROVENANCE.md").is_file()
+    # PROVENANCE.md's table describes these files: its document counts are theirs.
+    provenance = (CORPUS / "PROVENANCE.md").read_text()
+    for name in ("english.jsonl", "code.jsonl"):
+        documents = int(re.search(rf"^\| `{re.escape(name)}` \| (\d+) \|", provenance, re.M)[1])
+        assert documents == len((CORPUS / name).read_text().splitlines()), name
     for name in ("english.jsonl", "code.jsonl"):
         docs = _docs(name, 0, None)
         assert len(docs) > 50 and all(isinstance(t, str) and t for t in docs)
