@@ -211,7 +211,8 @@ def check_compatible(saved: dict, args, path: str) -> None:
 def check_save_target(root: str, args) -> None:
     """Refuse to mix another model's checkpoints into --save (unless --overwrite): its latest iteration
     must have this run's shapes. Resuming (--load ROOT) is checked the same way when it loads."""
-    if args.overwrite or not has_checkpoint(root):
+    resuming_it = args.load and os.path.realpath(args.load) == os.path.realpath(root)
+    if args.overwrite or resuming_it or not has_checkpoint(root):
         return
     _, common = read_checkpoint_args(root)
     difference = model_difference(common.get("args", {}), args)

@@ -110,15 +110,22 @@ def test_vocabulary_mismatch_fails_clearly(uninterrupted, tmp_path):
     assert _snapshot(ckpt) == before
 
 
-def test_truncated_checkpoint_fails_clearly(uninterrupted, tmp_path):
+@pytest.mark.parametrize("verify", [True, False], ids=["checksums", "no-verify-checkpoint"])
+def test_truncated_checkpoint_fails_clearly(uninterrupted, tmp_path, verify):
+    """With checksums the damaged shard is named before anything is read; without them (older
+    checkpoints, or --no-verify-checkpoint) the reader still fails clearly."""
     ckpt = checkpoint_at(uninterrupted, tmp_path)
     shard = next((ckpt / f"iter_{SAVED_AT:07d}").glob("*.distcp"))
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     before = _snapshot(ckpt)
     proc = run_pretrain(TINY_ARGS + ["--train-iters", TOTAL, "--load", ckpt, "--save", ckpt,
-                                     "--tensor-model-parallel-size", 2], nproc=2, check=False)
+                                     "--tensor-model-parallel-size", 2] + ([] if verify else ["--no-verify-checkpoint"]),
+                        nproc=2, check=False)
     assert proc.returncode != 0
-    assert "cannot load checkpoint" in proc.stdout and "truncated" in proc.stdout
+    if verify:
+        assert f"{shard} does not match its checksum" in proc.stdout, proc.stdout[-3000:]
+    else:
+        assert "cannot load checkpoint" in proc.stdout and "truncated" in proc.stdout, proc.stdout[-3000:]
     assert _snapshot(ckpt) == before
 
 

@@ -188,3 +188,12 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float = 1e-
     diff = (actual.double() - expected.double()).abs().max().item()
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} vs {tuple(expected.shape)}"
     assert diff < atol and math.isfinite(diff), f"{what}: max abs diff {diff:.3g} >= {atol}"
+
+
+def save_common(iteration_dir, common: dict) -> None:
+    """Rewrite a checkpoint's common.pt as a test scenario needs, keeping its checksums true (a load or
+    an export verifies them, and the scenario is not a damaged file)."""
+    from megatron_ext.checkpoint.integrity import write_checksums
+
+    torch.save(common, os.path.join(iteration_dir, "common.pt"))
+    write_checksums(str(iteration_dir))

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from conversion_helpers import load_common, random_crystal, random_llama, run_tool
+from conversion_helpers import load_common, random_crystal, random_llama, run_tool, save_common
 from safetensors.torch import load_file
 
 from megatron_ext.checkpoint.convert import hf_to_megatron, megatron_to_hf
@@ -29,7 +29,7 @@ def llama(tmp_path_factory):
     shutil.copytree(root / "mg-b" / "iter_0000000", two / "iter_0000007")
     common = load_common(two / "iter_0000007")
     common["iteration"] = 7
-    torch.save(common, two / "iter_0000007" / "common.pt")
+    save_common(two / "iter_0000007", common)
     (two / "latest_checkpointed_iteration.txt").write_text("7")
     return root
 

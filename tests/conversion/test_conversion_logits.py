@@ -14,7 +14,7 @@ import subprocess
 import pytest
 import torch
 from conversion_helpers import (TOKENS, assert_close, crystal_reference_logits, llama_logits, load_common,
-                                random_crystal, random_llama)
+                                random_crystal, random_llama, save_common)
 from launch import REPO, test_env, torchrun_cmd
 from safetensors.torch import load_file, save_file
 
@@ -61,7 +61,7 @@ def _edit_args(ckpt, **changes):
     path = ckpt / "iter_0000000" / "common.pt"
     common = load_common(path.parent)
     common["args"].update(changes)
-    torch.save(common, path)
+    save_common(path.parent, common)
 
 
 def _other_rope_convention(root, kind, interleaved: bool):

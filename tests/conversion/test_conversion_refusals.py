@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 import torch
-from conversion_helpers import load_common, random_crystal, random_llama, run_tool
+from conversion_helpers import load_common, random_crystal, random_llama, run_tool, save_common
 
 from megatron_ext.checkpoint.convert import hf_to_megatron, megatron_to_hf
 
@@ -105,7 +105,11 @@ def test_unsupported_export_layout(sources, tmp_path):
 # ---- damaged inputs ----------------------------------------------------------------------------
 
 def _copy_mg(sources, dst):
+    """A copy without checksums.sha256, as checkpoints written before checksums existed: the damage
+    tests below exercise the reader's own checks, which guard those (the checksum refusal, which comes
+    first when the sums exist, is tested in tests/checkpoint/test_checkpoint_safety.py)."""
     shutil.copytree(sources / "crystal-mg", dst)
+    (dst / "iter_0000000" / "checksums.sha256").unlink()
     return dst
 
 
@@ -173,7 +177,7 @@ def test_args_that_disagree_with_the_stored_shapes(sources, tmp_path):
     common_path = ckpt / "iter_0000000" / "common.pt"
     common = load_common(common_path.parent)
     common["args"]["ffn_hidden_size"] = 192  # stored: 176
-    torch.save(common, common_path)
+    save_common(common_path.parent, common)
     _export_refused(ckpt, tmp_path / "hf", "decoder.layers.mlp.linear_fc1.weight", "[4, 352, 64]",
                     "[4, 384, 64]", "disagree")
 

@@ -12,7 +12,7 @@ import numpy
 import pytest
 import torch
 from conversion_helpers import (crystal_reference_logits, load_common, model_tensors, random_crystal,
-                                random_llama, run_tool, stored_entries)
+                                random_llama, run_tool, save_common, stored_entries)
 from launch import REPO, test_env, torchrun_cmd
 from safetensors.torch import load_file
 
@@ -260,7 +260,7 @@ def test_export_of_a_run_with_a_sentencepiece_tokenizer(tmp_path):
     for key in ("hf_config", "hf_generation_config", "hf_model_format", "vocab_size"):
         common["args"].pop(key)
     common["args"].update(tokenizer_type="SentencePieceTokenizer", tokenizer_model=sp_model, mock_data=False)
-    torch.save(common, common_path)
+    save_common(common_path.parent, common)
     for path in (tmp_path / "mg" / "tokenizer").iterdir():
         path.unlink()
     megatron_to_hf(str(tmp_path / "mg"), str(tmp_path / "out"), progress=False)
