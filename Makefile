@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-mutations clean
+.PHONY: demo test test-fast test-mutations clean
 
 $(STAMP): setup.py requirements/ci.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VPY) -m pytest tests -q -p no:cacheprovider; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$status
+
+# The edit-test loop: the tests that start no process (tests/conftest.py marks the others `launches`).
+test-fast: $(STAMP)
+	$(VPY) -m pytest tests -q -p no:cacheprovider -m "not launches"; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$status
 
 # Planted bugs (tests/mutations/*.patch), each applied to a scratch copy of HEAD: every one must make its tests
