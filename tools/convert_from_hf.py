@@ -18,7 +18,6 @@ import os
 import sys
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FORMATS = ("llama", "crystalcoder")
 DTYPES = ("fp32", "bf16", "fp16")

@@ -15,12 +15,10 @@ Reads and writes one layer at a time, so memory stays near one layer.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FORMATS = ("llama", "crystalcoder")
 DTYPES = ("fp32", "bf16", "fp16")

@@ -20,7 +20,6 @@ import os
 import shutil
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 ARCHS = ("crystalcoder", "llama")
 

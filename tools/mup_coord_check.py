@@ -16,11 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import sys
 import warnings
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
 
 def parse(argv=None):

@@ -10,12 +10,8 @@ transfer.json (every loss and the best LRs), transfer.md (tables) and transfer.p
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
-
-from mup.transfer import write_report  # noqa: E402
+from mup.transfer import write_report
 
 
 def main(argv=None) -> dict:

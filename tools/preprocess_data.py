@@ -18,14 +18,11 @@ written in the text become single ids; vocabulary padded to 32032).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_ext.data.preprocess import (PreprocessError, format_problems,  # noqa: E402
+from megatron_ext.data.preprocess import (PreprocessError, format_problems,
                                           preprocess_jsonl)
-from megatron_ext.data.tokenizers import TOKENIZER_TYPES  # noqa: E402
+from megatron_ext.data.tokenizers import TOKENIZER_TYPES
 
 
 def main(argv: list[str] | None = None) -> int:

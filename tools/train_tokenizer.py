@@ -9,13 +9,10 @@ then pass --tokenizer-type SentencePieceTokenizer --tokenizer-model build/tokeni
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_ext.data.tokenizers import build_tokenizer, train_sentencepiece  # noqa: E402
+from megatron_ext.data.tokenizers import build_tokenizer, train_sentencepiece
 
 
 def main(argv: list[str] | None = None) -> int:
