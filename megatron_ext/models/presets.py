@@ -1,4 +1,6 @@
-"""Named architectures (facts from shared/reference/models-and-recipes.md). Any flag overrides them.
+"""Named architectures, from the published config.json files of LLM360/Amber, LLM360/CrystalCoder and
+openlm-research/open_llama_3b (llama2-7b-gqa: LLaMA-2-7B's shape with 8 query groups, GQA at 7B scale).
+Any flag overrides them.
 
 Keys are argparse destinations of pretrain_llama.py's flags.
 """

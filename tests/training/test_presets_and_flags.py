@@ -1,4 +1,4 @@
-"""Full-size presets carry the published architectures (shared/reference/models-and-recipes.md,
+"""Full-size presets carry the published architectures (the models' config.json on the Hugging Face Hub,
 restated here), and flags that reshape a run resolve as Megatron-LM's do."""
 
 import pytest
