@@ -27,10 +27,6 @@ class Platform:
     world_size: int
     local_rank: int
 
-    @property
-    def is_cpu(self) -> bool:
-        return self.device.type == "cpu"
-
 
 def resolve_device(name: str | None) -> str:
     """'cuda' when available unless the user asked for something else."""

@@ -66,13 +66,6 @@ class FIMRates:
                 raise ValueError(f"{name} {value} must be within [0, 1]")
 
 
-def _split_points(n: int, rng: np.random.Generator) -> tuple[int, int]:
-    # Two uniform cut points in [0, n], sorted (as StarCoder's Megatron-LM):
-    # empty prefix/middle/suffix are possible and intended.
-    lo, hi = sorted(int(x) for x in rng.integers(0, n + 1, size=2))
-    return lo, hi
-
-
 def _arrange(prefix, middle, suffix, spm: bool, s: FIMSentinels) -> np.ndarray:
     p, m, x = (np.asarray(a, dtype=np.int64) for a in (prefix, middle, suffix))
     if spm:  # variant 2 of the FIM paper's SPM, as StarCoder/Crystal used

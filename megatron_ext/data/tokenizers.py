@@ -66,7 +66,7 @@ class _Tokenizer(MegatronTokenizerBase):
     def eos(self) -> int:
         return self.eod
 
-    def apply_chat_template(self, *args, **kwargs):
+    def apply_chat_template(self, *args, **kwargs):  # abstract in megatron-core's tokenizer base
         raise NotImplementedError(f"{type(self).__name__} is for pretraining; no chat template")
 
     # A fragment is a piece cut out of a document (fill-in-the-middle cuts text at character
