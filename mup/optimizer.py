@@ -9,7 +9,9 @@ Two paths:
   by overriding `max_lr` and `min_lr` with the multiplied values. With the warm-up starting
   from 0 (`lr_warmup_init` 0, the default) every schedule megatron has (linear, cosine, WSD,
   inverse-sqrt, constant) is linear in (max_lr, min_lr), so each group's lr is then exactly
-  scheduled_lr x multiplier at every step.
+  scheduled_lr x multiplier at every step. This is a megatron-core workaround, listed (8) in
+  megatron_ext/megatron_compat.py; tests/test_megatron_compat.py::test_upstream_still_ignores_lr_mult
+  fails once the scheduler honours lr_mult again (it stays here: this package imports no megatron_ext).
 * plain torch: `torch_param_groups(...)` builds AdamW param groups with lr x multiplier.
 
 This is the only module of the package that imports megatron-core.

@@ -4,31 +4,26 @@ A save writes into ITER.tmp and renames it to ITER only when every rank has fini
 updates latest_checkpointed_iteration.txt (also by rename): a crash mid-save leaves the previous
 checkpoint as the latest. Tensors are keyed by their global (unsharded) identity, so a checkpoint
 saved at one TP/PP/DP layout loads at another. Loading reads with torch.load's weights_only=True.
+The megatron-core 0.16.1 workarounds the save and load need (optimizer-state format and allocation,
+Adam's step, the writer's results queue) live in megatron_ext/megatron_compat.py.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
-from contextlib import contextmanager
-from multiprocessing.managers import SyncManager
 
-import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject
-from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
+from megatron_ext import megatron_compat
 from megatron_ext.checkpoint.integrity import IntegrityError, verify_checksums, write_checksums
 from megatron_ext.checkpoint.paths import (LATEST_FILE, CheckpointError, existing_iteration_dir,
                                            has_checkpoint, iteration_dir, read_latest_iteration, write_text_atomic)
 from megatron_ext.checkpoint.rng import capture_rng_state, restore_rng_state
 
-# fully_reshardable: the distributed optimizer's state in canonical per-parameter form, so it reshards
-# across TP, PP and DP (0.16.1's default, fully_sharded_model_space, is deprecated and fails to save).
-OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable", "chained_optim_avoid_prefix": True}
 # Flags that fix tensor shapes or semantics: a checkpoint loads only if these agree.
 MODEL_KEYS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
               "kv_channels", "normalization", "add_bias_linear", "add_qkv_bias", "tie_embeddings",
@@ -50,74 +45,17 @@ def _rng_object(rng_state) -> ShardedObject:
                          replica_id=parallel_state.get_data_parallel_rank(with_context_parallel=True))
 
 
-def _allocate_distributed_optimizer_state(optimizer) -> None:
-    """A fresh distributed optimizer has no Adam state yet; megatron-core 0.16.1 needs it allocated
-    (any values: the load overwrites them) before it can describe what to load."""
-    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
-        if isinstance(inner, DistributedOptimizer) and not inner.optimizer.state:
-            inner._init_optimizer_states_with_dummy_values()
-
-
-@contextmanager
-def _distributed_optimizer_step_fix(optimizer):
-    """Two megatron-core 0.16.1 bugs when a distributed optimizer loads into torch's Adam (no apex/TE):
-    - loading fully_reshardable state copies every key of the live Adam state, including 'step', from a
-      source that never has 'step' (it restores step separately) -> KeyError. Hide 'step' during that copy.
-    - it gives every parameter the SAME 'step' tensor, which torch's foreach Adam then increments once
-      per parameter each step, corrupting bias correction. Give each parameter its own copy."""
-    original = DistributedOptimizer._set_main_param_and_optimizer_states
-
-    def set_states_keeping_step(self, model_param, tensors):
-        group_index, group_order = self.model_param_group_index_map[model_param]
-        state = self.optimizer.state[self.optimizer.param_groups[group_index]["params"][group_order]]
-        step = state.pop("step", None) if "step" not in tensors else None
-        try:
-            original(self, model_param, tensors)
-        finally:
-            if step is not None:
-                state["step"] = step
-
-    DistributedOptimizer._set_main_param_and_optimizer_states = set_states_keeping_step
-    try:
-        yield
-    finally:
-        DistributedOptimizer._set_main_param_and_optimizer_states = original
-    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
-        if isinstance(inner, DistributedOptimizer):
-            for state in inner.optimizer.state.values():
-                if "step" in state:
-                    state["step"] = state["step"].clone()
-
-
 def _sharded_state(model, optimizer, scheduler, *, is_loading: bool, with_optimizer: bool, with_rng: bool):
     state = {f"model{i}": chunk.module.sharded_state_dict() for i, chunk in enumerate(model)}
     if with_optimizer and is_loading:
-        _allocate_distributed_optimizer_state(optimizer)
+        megatron_compat.allocate_distributed_optimizer_state(optimizer)
     if with_optimizer:
         state["optimizer"] = optimizer.sharded_state_dict(dict(state), is_loading=is_loading,
-                                                          metadata=OPTIM_METADATA)
+                                                          metadata=megatron_compat.OPTIM_METADATA)
         state["opt_param_scheduler"] = scheduler.state_dict()
     if with_rng:
         state["rng_state"] = _rng_object(capture_rng_state())
     return state
-
-
-def _ignore_exit_signals() -> None:
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
-
-
-def _start_write_results_queue() -> None:
-    """megatron-core 0.16.1's torch_dist writer starts a multiprocessing Manager on the first save and
-    reuses it for every later one. Slurm's SIGTERM (and Ctrl-C's SIGINT) reach that process too, and
-    without it the save that --exit-signal-handler makes on the way out fails with a broken pipe.
-    Start it ourselves, deaf to those signals (it ends with the trainer)."""
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
-
-    if filesystem_async._results_queue is None:
-        manager = SyncManager(ctx=torch.multiprocessing.get_context("spawn"))
-        manager.start(initializer=_ignore_exit_signals)
-        filesystem_async._results_queue = manager.Queue()  # the proxy keeps the manager alive
 
 
 def finish_param_sync(model) -> None:
@@ -131,7 +69,7 @@ def finish_param_sync(model) -> None:
 
 def save_checkpoint(root: str, model, optimizer, scheduler, train_state, args) -> str:
     finish_param_sync(model)
-    _start_write_results_queue()
+    megatron_compat.start_write_results_queue()
     final = iteration_dir(root, train_state.iteration)
     tmp = final + ".tmp"
     if dist.get_rank() == 0:
@@ -250,7 +188,7 @@ def load_checkpoint(root: str, model, optimizer, scheduler, args):
     for i, chunk in enumerate(model):
         chunk.module.load_state_dict(loaded[f"model{i}"], strict=True)
     if with_optimizer:
-        with _distributed_optimizer_step_fix(optimizer):
+        with megatron_compat.distributed_optimizer_step_fix(optimizer):
             optimizer.load_state_dict(loaded["optimizer"])
         scheduler.load_state_dict(loaded["opt_param_scheduler"])
     else:

@@ -4,16 +4,16 @@ BlendedMegatronDatasetBuilder, GPTDatasetConfig and GPTDataset.
 Each sample is a dict of int64 "tokens" and "labels" (labels = tokens shifted
 left by one: the builder draws seq_length + 1 tokens), float "loss_mask",
 int64 "position_ids", plus "dataset_id" when several datasets are blended.
+Where megatron-core's builder needs help (empty splits, unweighted blends, a blend's index cache in a
+single process), the workaround lives in megatron_ext/megatron_compat.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 from typing import Callable, Optional, Sequence
 
-logger = logging.getLogger(__name__)
+from megatron_ext.megatron_compat import drop_empty_splits, single_process_group_if_needed, token_count_weights
 
 _PREPROCESS_HINT = (
     "create it with tools/preprocess_data.py --input DOCS.jsonl --output-prefix OUT "
@@ -146,69 +146,6 @@ def check_token_ids(dataset, vocab_size: int, data_path: Sequence[str]):
     return TokenIdCheck(dataset, vocab_size, prefixes)
 
 
-def _num_tokens(prefix: str) -> float:
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
-    # Keep the dataset referenced while reading: its __del__ unmaps the .idx
-    # buffer that sequence_lengths points into (a temporary would segfault).
-    dataset = IndexedDataset(prefix)
-    total = float(dataset.sequence_lengths.sum())
-    del dataset
-    return total
-
-
-def _drop_empty_splits(config, prefixes: Sequence[str], num_samples: Sequence[int]) -> None:
-    """Guard against a split that gets no documents.
-
-    megatron-core hands split i the documents [round(lo*n), round(hi*n)); with
-    few documents a small split (e.g. the 1 of "969,30,1") can get none, and
-    GPTDataset then loops forever looking for enough tokens.  Such a split is
-    dropped (returned as None) when no samples are requested from it, and is an
-    error otherwise.
-    """
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-    from megatron.core.datasets.utils import Split
-
-    counts = {p: len(IndexedDataset(p)) for p in prefixes}  # reads only the .idx header
-    for split in Split:
-        bookends = config.split_matrix[split.value]
-        if bookends is None:
-            continue
-        for prefix, n in counts.items():
-            docs = int(round(bookends[1] * n)) - int(round(bookends[0] * n))
-            if docs > 0:
-                continue
-            if num_samples[split.value] > 0:
-                raise ValueError(
-                    f"--split {config.split!r} gives the {split.name} split no documents of "
-                    f"{prefix} ({n} documents in all) but {num_samples[split.value]} "
-                    f"{split.name} samples were requested; use more documents or a split "
-                    f"with a larger {split.name} share")
-            logger.warning("%s split has no documents in %s; not building it",
-                           split.name, prefix)
-            config.split_matrix[split.value] = None
-            break
-
-
-@contextlib.contextmanager
-def _single_process_group_if_needed(needed: bool):
-    """megatron-core's BlendedDataset calls torch.distributed.get_rank() when it
-    writes its index cache, which raises without a process group.  For a blend
-    with a cache directory in a single, non-distributed process we open a
-    one-rank gloo group on an in-memory store for the duration of the build."""
-    import torch
-
-    if not needed or torch.distributed.is_initialized():
-        yield
-        return
-    torch.distributed.init_process_group(
-        "gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        torch.distributed.destroy_process_group()
-
-
 def build_gpt_datasets(
     data_path: list[str],
     split: str,
@@ -252,7 +189,7 @@ def build_gpt_datasets(
         # split holds at most one epoch of each dataset however many samples
         # were asked for.  Weighting by token count keeps "blend by size" and
         # lets the datasets repeat like a single prefix does.
-        weights = [_num_tokens(p) for p in prefixes]
+        weights = token_count_weights(prefixes)
 
     config = GPTDatasetConfig(
         random_seed=seed,
@@ -269,11 +206,11 @@ def build_gpt_datasets(
         create_attention_mask=False,
     )
     sizes = [int(n) for n in train_valid_test_num_samples]
-    _drop_empty_splits(config, prefixes, sizes)
+    drop_empty_splits(config, prefixes, sizes)
 
     builder = BlendedMegatronDatasetBuilder(
         GPTDataset, sizes, is_built_on_rank or (lambda: True), config)
     blended = not (len(prefixes) == 1 and weights is None)
-    with _single_process_group_if_needed(blended and data_cache_path is not None):
+    with single_process_group_if_needed(blended and data_cache_path is not None):
         train, valid, test = builder.build()
     return train, valid, test
