@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-from contextlib import contextmanager
 from multiprocessing.managers import SyncManager
 from typing import Sequence
 
@@ -103,7 +102,7 @@ def allocate_distributed_optimizer_state(optimizer) -> None:
 #   covered by tests/checkpoint/test_checkpoint_resume.py -k distributed_optimizer.
 # ---------------------------------------------------------------------------------------------------
 
-@contextmanager
+@contextlib.contextmanager
 def distributed_optimizer_step_fix(optimizer):
     """Two megatron-core 0.16.1 bugs when a distributed optimizer loads into torch's Adam (no apex/TE):
     - loading fully_reshardable state copies every key of the live Adam state, including 'step', from a
