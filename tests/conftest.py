@@ -18,7 +18,7 @@ for path in (TESTS.parent, TESTS):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-LAUNCH = re.compile(r"\b(run_pretrain|torchrun_cmd|run_tool|subprocess\.\w+|Popen)\(")
+LAUNCH = re.compile(r"\b(run_pretrain|start_pretrain|torchrun_cmd|run_tool|subprocess\.\w+|Popen)\(")
 
 
 def pytest_configure(config):

@@ -43,6 +43,36 @@ def run_pretrain(args: list[str], nproc: int = 1, timeout: int = 600, check: boo
     return proc
 
 
+def start_pretrain(args: list, nproc: int = 1, **popen_kwargs) -> subprocess.Popen:
+    """Start pretrain_llama.py under torchrun without waiting: tests start their runs together (start-up,
+    not compute, is what costs). Output (stdout+stderr) in .communicate()[0]."""
+    cmd = torchrun_cmd(nproc, str(REPO / "pretrain_llama.py")) + [str(a) for a in args]
+    return subprocess.Popen(cmd, cwd=REPO, env=test_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **popen_kwargs)
+
+
+def wait_all(procs: dict, timeout: int = 600) -> dict[str, str]:
+    """Wait for runs started with start_pretrain; each must exit 0. Returns name -> output."""
+    outputs = {}
+    for name, proc in procs.items():
+        outputs[name] = proc.communicate(timeout=timeout)[0]
+        assert proc.returncode == 0, f"{name} failed ({proc.returncode}):\n{outputs[name][-5000:]}"
+    return outputs
+
+
+def stored_tensors(iteration_dir) -> dict:
+    """Every tensor of a torch_dist checkpoint (model and optimizer state), whole, by key."""
+    import torch
+    from torch.distributed import checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = dcp.FileSystemReader(str(iteration_dir))
+    state = {k: torch.empty(md.size, dtype=md.properties.dtype)
+             for k, md in reader.read_metadata().state_dict_metadata.items() if isinstance(md, TensorStorageMetadata)}
+    dcp.load(state, storage_reader=reader, no_dist=True)
+    return state
+
+
 def read_log(path, key: str = "lm loss") -> dict[int, float]:
     """iteration -> logged scalar (training loss by default), from --log-json."""
     records = [json.loads(line) for line in Path(path).read_text().splitlines()]

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 import torch
-from launch import REPO, read_log, read_losses, run_pretrain, torchrun_cmd
+from launch import REPO, read_log, read_losses, run_pretrain, stored_tensors, torchrun_cmd
 from launch import TINY_ARGS as LAYOUT_ARGS
 from launch import test_env as launch_env  # renamed: pytest would collect a test_* name
 
@@ -53,7 +53,7 @@ def test_checkpoint_layout_on_disk(uninterrupted):
         assert common["iteration"] == iteration and common["consumed_samples"] == iteration * 4  # global batch 4
         assert common["args"]["tensor_model_parallel_size"] == 2 and common["args"]["num_layers"] == 4
         assert common["opt_param_scheduler"]["num_steps"] == iteration * 4, common["opt_param_scheduler"]
-        stored[iteration] = _stored_tensors(directory)
+        stored[iteration] = stored_tensors(directory)
     names = sorted(stored[TOTAL])
     assert names == sorted(stored[SAVED_AT])
     weights = [n for n in names if not n.startswith("optimizer.")]
@@ -139,18 +139,6 @@ def _resume_and_compare(ckpt, expected, tmp_path, save: bool = False, model_flag
     resumed = read_losses(log)
     assert sorted(resumed) == list(range(SAVED_AT + 1, TOTAL + 1))
     assert resumed == {it: expected[it] for it in resumed}
-
-
-def _stored_tensors(iteration_dir) -> dict:
-    """Every tensor of a torch_dist checkpoint (model and optimizer state), whole, by key."""
-    from torch.distributed import checkpoint as dcp
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-    reader = dcp.FileSystemReader(str(iteration_dir))
-    state = {k: torch.empty(md.size, dtype=md.properties.dtype)
-             for k, md in reader.read_metadata().state_dict_metadata.items() if isinstance(md, TensorStorageMetadata)}
-    dcp.load(state, storage_reader=reader, no_dist=True)
-    return state
 
 
 def _stored_dtypes(iteration_dir) -> dict:

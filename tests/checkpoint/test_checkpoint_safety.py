@@ -11,8 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from launch import REPO, TINY_ARGS, torchrun_cmd
-from launch import test_env as launch_env  # renamed: pytest would collect a test_* name
+from launch import TINY_ARGS, start_pretrain
 
 from megatron_ext.checkpoint import integrity, lock
 
@@ -25,9 +24,7 @@ def _launch(args, nproc=1, file_size_limit=None) -> subprocess.Popen:
     def limit():  # a full disk, as the writing process sees it (Python ignores SIGXFSZ: writes fail)
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 
-    cmd = torchrun_cmd(nproc, str(REPO / "pretrain_llama.py")) + [str(a) for a in args]
-    return subprocess.Popen(cmd, cwd=REPO, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, preexec_fn=limit if file_size_limit else None)
+    return start_pretrain(args, nproc=nproc, preexec_fn=limit if file_size_limit else None)
 
 
 def _snapshot(root) -> dict:

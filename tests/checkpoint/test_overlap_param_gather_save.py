@@ -2,12 +2,9 @@
 must not write the stale shards in between. DP2, distributed optimizer, bf16 (the GPU configuration):
 the checkpoint exports bit-identical weights to the run without the flag, and resumes bit-exactly."""
 
-import subprocess
-
 import pytest
 import torch
-from launch import REPO, TINY_ARGS, read_losses, torchrun_cmd
-from launch import test_env as launch_env  # renamed: pytest would collect a test_* name
+from launch import TINY_ARGS, read_losses, start_pretrain, wait_all
 from safetensors.torch import load_file
 
 from megatron_ext.checkpoint.convert import megatron_to_hf
@@ -16,32 +13,21 @@ SAVED_AT, TOTAL = 3, 5
 DP2 = TINY_ARGS + ["--bf16", "--use-distributed-optimizer", "--overlap-grad-reduce"]
 
 
-def _launch(args) -> subprocess.Popen:
-    cmd = torchrun_cmd(2, str(REPO / "pretrain_llama.py")) + [str(a) for a in args]
-    return subprocess.Popen(cmd, cwd=REPO, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-
-
-def _wait(procs: dict) -> None:
-    for name, proc in procs.items():
-        out = proc.communicate(timeout=600)[0]
-        assert proc.returncode == 0, f"{name}:\n{out[-5000:]}"
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("overlap")
-    _wait({
-        "plain": _launch(DP2 + ["--train-iters", SAVED_AT, "--save", root / "plain"]),
-        "overlap": _launch(DP2 + ["--overlap-param-gather", "--train-iters", TOTAL, "--save", root / "overlap",
-                                  "--save-interval", SAVED_AT, "--log-json", root / "overlap.jsonl"]),
+    wait_all({
+        "plain": start_pretrain(DP2 + ["--train-iters", SAVED_AT, "--save", root / "plain"], nproc=2),
+        "overlap": start_pretrain(DP2 + ["--overlap-param-gather", "--train-iters", TOTAL, "--save",
+                                         root / "overlap", "--save-interval", SAVED_AT, "--log-json",
+                                         root / "overlap.jsonl"], nproc=2),
     })
     resume_from = root / "resume_from"
     (resume_from / f"iter_{SAVED_AT:07d}").parent.mkdir()
     (root / "overlap" / f"iter_{SAVED_AT:07d}").rename(resume_from / f"iter_{SAVED_AT:07d}")
     (resume_from / "latest_checkpointed_iteration.txt").write_text(str(SAVED_AT))
-    _wait({"resumed": _launch(DP2 + ["--overlap-param-gather", "--train-iters", TOTAL, "--load", resume_from,
-                                     "--log-json", root / "resumed.jsonl"])})
+    wait_all({"resumed": start_pretrain(DP2 + ["--overlap-param-gather", "--train-iters", TOTAL, "--load",
+                                               resume_from, "--log-json", root / "resumed.jsonl"], nproc=2)})
     return root
 
 

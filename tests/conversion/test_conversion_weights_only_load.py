@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conversion_helpers import random_llama
-from launch import REPO, read_losses, torchrun_cmd
-from launch import test_env as launch_env  # renamed: pytest would collect a test_* name
+from launch import read_losses, start_pretrain, wait_all
 
 from megatron_ext.checkpoint.convert import hf_to_megatron
 
@@ -60,8 +59,6 @@ def fit_source_model(hf_dir, period: list[int]) -> float:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    import subprocess
-
     root = tmp_path_factory.mktemp("weights_only")
     period = [int(t) for t in np.random.default_rng(0).integers(3, 1000, SEQ)]
     random_llama(root / "hf", tied=False)
@@ -73,17 +70,9 @@ def runs(tmp_path_factory):
               "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", root / "hf",
               "--seq-length", SEQ, "--micro-batch-size", 1, "--global-batch-size", 1, "--train-iters", ITERS,
               "--lr", 0, "--min-lr", 0, "--lr-decay-style", "constant", "--device", "cpu", "--log-interval", 1]
-    procs = {}
-    for name, (precision, flags) in RUNS.items():
-        cmd = torchrun_cmd(1, str(REPO / "pretrain_llama.py")) + [
-            str(a) for a in common + [precision, "--log-json", root / f"{name}.jsonl"] + flags]
-        procs[name] = subprocess.Popen(cmd, cwd=REPO, env=launch_env(), stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True)
-    losses = {}
-    for name, proc in procs.items():
-        out = proc.communicate(timeout=600)[0]
-        assert proc.returncode == 0, f"{name}:\n{out[-5000:]}"
-        losses[name] = read_losses(root / f"{name}.jsonl")
+    wait_all({name: start_pretrain(common + [precision, "--log-json", root / f"{name}.jsonl"] + flags)
+              for name, (precision, flags) in RUNS.items()})
+    losses = {name: read_losses(root / f"{name}.jsonl") for name in RUNS}
     return losses, expected
 
 

@@ -11,8 +11,7 @@ import time
 import psutil
 import pytest
 import torch
-from launch import REPO, TINY_ARGS, read_losses, torchrun_cmd
-from launch import test_env as launch_env  # renamed: pytest would collect a test_* name
+from launch import TINY_ARGS, read_losses, start_pretrain, stored_tensors
 
 # Long enough that a signal always lands mid-run; the schedule is constant, so the run's length
 # changes nothing else. DataLoader workers too: Slurm signals them as well.
@@ -21,9 +20,7 @@ TARGETS = ("torchrun", "workers")
 
 
 def _launch(args, log) -> subprocess.Popen:
-    cmd = torchrun_cmd(2, str(REPO / "pretrain_llama.py")) + [str(a) for a in args + ["--log-json", log]]
-    return subprocess.Popen(cmd, cwd=REPO, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    return start_pretrain(args + ["--log-json", log], nproc=2, start_new_session=True)
 
 
 def _logged_iterations(log) -> int:
@@ -46,18 +43,6 @@ def _signal(proc, target: str) -> None:
     else:  # as Slurm signals a job's tasks: the workers and their data-loader processes
         for child in psutil.Process(proc.pid).children(recursive=True):
             child.send_signal(signal.SIGTERM)
-
-
-def _stored_tensors(iteration_dir) -> dict:
-    """Every tensor of a torch_dist checkpoint (model and optimizer state), whole."""
-    from torch.distributed import checkpoint as dcp
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-    reader = dcp.FileSystemReader(str(iteration_dir))
-    state = {k: torch.empty(md.size, dtype=md.properties.dtype)
-             for k, md in reader.read_metadata().state_dict_metadata.items() if isinstance(md, TensorStorageMetadata)}
-    dcp.load(state, storage_reader=reader, no_dist=True)
-    return state
 
 
 def _latest(ckpt) -> int:
@@ -151,6 +136,6 @@ def test_nan_stops_naming_the_iteration_and_keeps_the_last_finite_checkpoint(run
     assert f"error: iteration {bad}: " in log and "is not finite" in log, log[-3000:]
     latest = _latest(root / "nan")
     assert latest == bad - 1, (latest, bad)
-    for name, tensor in _stored_tensors(root / "nan" / f"iter_{latest:07d}").items():
+    for name, tensor in stored_tensors(root / "nan" / f"iter_{latest:07d}").items():
         assert torch.isfinite(tensor).all(), name
     assert not (root / "nan" / f"iter_{bad:07d}").exists()
