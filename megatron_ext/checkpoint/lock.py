@@ -82,6 +82,7 @@ class SaveLock:
         self.held = False
         if not root:
             return
+        self.created_root = not os.path.exists(root)
         refusal = [_try_acquire(root) if dist.get_rank() == 0 else None]
         dist.broadcast_object_list(refusal, src=0)
         if refusal[0]:
@@ -91,4 +92,7 @@ class SaveLock:
     def release(self) -> None:
         if self.held and _read(self.path).get("pid") == os.getpid():
             os.remove(self.path)
+            root = os.path.dirname(self.path)
+            if self.created_root and not os.listdir(root):
+                os.rmdir(root)  # a run that failed before its first save leaves nothing behind
         self.held = False
