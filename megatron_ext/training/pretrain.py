@@ -98,10 +98,10 @@ def _train(args, platform) -> float | None:
         final_loss, stop_reason = train(args, model, optimizer, scheduler, state,
                                         iterators(train_ds, state.consumed_samples, cycle=False),
                                         validation_loss if args.eval_interval else None, logger, save, stop_check)
+        if args.save and saved_at[0] != state.iteration:
+            save(state)  # still under the signal handler: a second SIGTERM does not cut this save short
     finally:
         stop_check.close()
-    if args.save and saved_at[0] != state.iteration:
-        save(state)
     if stop_reason:
         if is_last_rank():
             print(f" > stopping at iteration {state.iteration}/{args.train_iters}: {stop_reason}"
