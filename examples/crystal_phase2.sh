@@ -111,7 +111,8 @@ train() {  # ITERS
     --data-mix "$DATA_MIX" --split "$SPLIT" --data-cache-path "$DATA_CACHE"
     --tokenizer-type "$TOKENIZER_TYPE" --tokenizer-model "$TOKENIZER_MODEL" --special-tokens "$SPECIAL_TOKENS"
     --save-interval "$SAVE_INTERVAL" --eval-interval "$EVAL_INTERVAL" --eval-iters "$EVAL_ITERS"
-    --log-interval "$LOG_INTERVAL" --tensorboard-dir "$TENSORBOARD_DIR" --log-json "$LOG_JSON" --seed "$SEED")
+    --log-interval "$LOG_INTERVAL" --tensorboard-dir "$TENSORBOARD_DIR" --log-json "$LOG_JSON" --seed "$SEED"
+    --exit-signal-handler)  # preemption or scancel: finish the step, save, exit 0
   [ "$SEQUENCE_PARALLEL" = 1 ] && [ "$TP" -gt 1 ] && flags+=(--sequence-parallel)
   [ "$DISTRIBUTED_OPTIMIZER" = 1 ] && flags+=(--use-distributed-optimizer)
   case "$PRECISION" in bf16) flags+=(--bf16) ;; fp16) flags+=(--fp16) ;; fp32) ;;

@@ -92,7 +92,8 @@ EOF
       --lr-decay-style "$DECAY_STYLE" --lr-decay-iters "$TRAIN_ITERS"
       --optimizer adam --adam-beta1 0.9 --adam-beta2 0.95 --adam-eps 1e-8 --weight-decay 0.1 --clip-grad 1.0
       --save-interval "$SAVE_INTERVAL" --eval-interval "$EVAL_INTERVAL" --eval-iters "$EVAL_ITERS"
-      --log-interval "$LOG_INTERVAL" --tensorboard-dir "$TENSORBOARD_DIR" --log-json "$LOG_JSON" --seed "$SEED")
+      --log-interval "$LOG_INTERVAL" --tensorboard-dir "$TENSORBOARD_DIR" --log-json "$LOG_JSON" --seed "$SEED"
+      --exit-signal-handler)  # preemption or scancel: finish the step, save, exit 0
     if [ -n "$load" ]; then flags+=(--load "$load"); else flags+=(--model-preset "$PRESET"); fi
     if [ "$MOCK_DATA" = 1 ]; then
       flags+=(--mock-data)
