@@ -17,7 +17,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-position-embeddings", type=int)
     g.add_argument("--normalization", choices=["RMSNorm", "LayerNorm"])
     g.add_argument("--norm-epsilon", type=float)
-    g.add_argument("--swiglu", action="store_true", default=True, help="always on (LLaMA MLP)")
+    g.add_argument("--swiglu", action="store_true", default=True, 
+                   help="accepted for Megatron-LM scripts, a no-op: SwiGLU is the only MLP here, so "
+                        "omitting it does not give Megatron-LM's GeLU MLP")
     g.add_argument("--add-bias-linear", dest="add_bias_linear", action="store_true", default=None)
     g.add_argument("--disable-bias-linear", dest="add_bias_linear", action="store_false")
     g.add_argument("--add-qkv-bias", action="store_true", default=None)

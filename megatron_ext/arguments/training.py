@@ -31,11 +31,14 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--bf16", action="store_true")
     g.add_argument("--fp16", action="store_true")
     g.add_argument("--initial-loss-scale", type=float, default=2.0**16)
-    g.add_argument("--recompute-granularity", choices=["full", "selective"], default=None)
-    g.add_argument("--recompute-method", choices=["uniform", "block"], default=None)
-    g.add_argument("--recompute-num-layers", type=int, default=None)
-    g.add_argument("--recompute-activations", dest="recompute_granularity",
-                   action="store_const", const="selective")
+    g.add_argument("--recompute-granularity", choices=["full", "selective"], default=None,
+                   help="activation recomputation: full (whole layers) or selective (core attention)")
+    g.add_argument("--recompute-method", choices=["uniform", "block"], default=None,
+                   help="with --recompute-granularity full: how layers are grouped (default uniform)")
+    g.add_argument("--recompute-num-layers", type=int, default=None,
+                   help="with --recompute-granularity full: layers per recompute group (default 1)")
+    g.add_argument("--recompute-activations", action="store_true",
+                   help="selective recomputation, as in Megatron-LM: overrides --recompute-granularity full")
     g.add_argument("--seed", type=int, default=1234)
 
     g = parser.add_argument_group("stopping early")

@@ -34,6 +34,8 @@ def fill_defaults(args: argparse.Namespace) -> None:
         args.max_position_embeddings = args.seq_length
     if args.tensor_model_parallel_size == 1:
         args.sequence_parallel = False  # nothing to split; Megatron-LM does the same
+    if args.recompute_activations:  # Megatron-LM: means selective, whatever --recompute-granularity says
+        args.recompute_granularity = "selective"
     if args.recompute_granularity == "full" and args.recompute_method is None:
         args.recompute_method = "uniform"
     if args.recompute_granularity == "full" and args.recompute_num_layers is None:
@@ -106,6 +108,15 @@ def _validate_schedule(args) -> None:
 
 
 def _validate_misc(args) -> None:
+    if args.recompute_granularity == "selective" and args.recompute_method is not None:
+        raise ConfigError("--recompute-method applies to --recompute-granularity full, not to selective "
+                          "recomputation (--recompute-activations means selective, as in Megatron-LM): drop "
+                          "--recompute-method, or use --recompute-granularity full without --recompute-activations")
+    if args.overlap_param_gather and not args.use_distributed_optimizer:
+        raise ConfigError("--overlap-param-gather needs --use-distributed-optimizer (as in Megatron-LM: without "
+                          "it there is no parameter all-gather to overlap): add it, or drop --overlap-param-gather")
+    if args.overlap_param_gather and not args.overlap_grad_reduce:
+        raise ConfigError("--overlap-param-gather needs --overlap-grad-reduce (as in Megatron-LM): add it")
     if args.bf16 and args.fp16:
         raise ConfigError("--bf16 and --fp16 are exclusive: pick one")
     rotary_dim = args.kv_channels * args.rotary_percent
