@@ -36,8 +36,11 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--data-cache-path", default=None)
     g.add_argument("--mock-data", action="store_true", help="random tokens, no files (benchmarks)")
     g.add_argument("--tokenizer-type", default="SentencePieceTokenizer",
-                   choices=["SentencePieceTokenizer", "HuggingFaceTokenizer", "NullTokenizer"])
-    g.add_argument("--tokenizer-model", default=None)
+                   choices=["SentencePieceTokenizer", "HuggingFaceTokenizer", "NullTokenizer", "Llama2Tokenizer"],
+                   help="Llama2Tokenizer (Megatron-LM's name) is SentencePieceTokenizer on the same "
+                        "tokenizer.model; NullTokenizer needs --vocab-size")
+    g.add_argument("--tokenizer-model", default=None,
+                   help="sentencepiece .model file, or a HuggingFace tokenizer directory")
     g.add_argument("--special-tokens", default=None,
                    help="add special tokens after the base vocabulary: 'crystal' (LLM360 Crystal's "
                         "22, ids 32000-32021 on LLaMA's tokenizer) or a comma-separated list")

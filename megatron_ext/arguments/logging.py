@@ -12,3 +12,11 @@ def add_logging_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--peak-tflops", type=float, default=None,
                    help="per-device dense peak TFLOP/s for MFU; known for H100/A100/H200")
     g.add_argument("--log-json", default=None, help="also write each logged iteration as JSON lines here")
+    g.add_argument("--log-throughput", action="store_true",
+                   help="accepted for Megatron-LM scripts: throughput (tokens/s, TFLOP/s, MFU) is always logged")
+    g.add_argument("--timing-log-level", type=int, choices=[0, 1, 2], default=0,
+                   help="accepted for Megatron-LM scripts; the iteration time is always logged")
+    g.add_argument("--wandb-project", default=None,
+                   help="also log the TensorBoard scalars to this Weights & Biases project (needs wandb)")
+    g.add_argument("--wandb-exp-name", default=None, help="W&B run name")
+    g.add_argument("--wandb-save-dir", default=None, help="W&B run directory (default: wandb/ under --save)")

@@ -23,7 +23,20 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--add-bias-linear", dest="add_bias_linear", action="store_true", default=None)
     g.add_argument("--disable-bias-linear", dest="add_bias_linear", action="store_false")
     g.add_argument("--add-qkv-bias", action="store_true", default=None)
-    g.add_argument("--position-embedding-type", choices=["rope"], default="rope")
+    g.add_argument("--position-embedding-type", choices=["rope"], default="rope",
+                   help="rotary embeddings only (LLaMA); there are no learned absolute positions")
+    g.add_argument("--no-position-embedding", action="store_true",
+                   help="accepted for Megatron-LM scripts (which pass it for RoPE models), a no-op: no learned "
+                        "absolute position embedding exists here")
+    g.add_argument("--attention-dropout", type=float, default=0.0,
+                   help="dropout on the attention probabilities (LLaMA: 0.0; Megatron-LM's default is 0.1)")
+    g.add_argument("--hidden-dropout", type=float, default=0.0,
+                   help="dropout after the embedding and on each attention/MLP output before the residual add "
+                        "(LLaMA: 0.0; Megatron-LM's default is 0.1)")
+    g.add_argument("--transformer-impl", choices=["local", "transformer_engine"], default="local",
+                   help="local: this project's layer spec (the only one); transformer_engine is refused")
+    g.add_argument("--use-mcore-models", action="store_true",
+                   help="accepted for Megatron-LM scripts, a no-op: every model here is a megatron-core GPTModel")
     g.add_argument("--rotary-percent", type=float)
     g.add_argument("--rotary-base", type=float)
     g.add_argument("--rotary-interleaved", action="store_true", default=None,

@@ -15,7 +15,12 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=3e-4)
     g.add_argument("--min-lr", type=float, default=0.0)
     g.add_argument("--lr-decay-style", choices=["cosine", "linear", "constant"], default="cosine")
-    g.add_argument("--lr-warmup-iters", type=int, default=0)
+    g.add_argument("--lr-warmup-iters", type=int, default=0, help="linear warm-up length in iterations")
+    g.add_argument("--lr-warmup-fraction", type=float, default=None,
+                   help="warm-up as a fraction of the decay length (--lr-decay-iters, or --train-samples "
+                        "for sample-based runs), as Megatron-LM")
+    g.add_argument("--lr-warmup-samples", type=int, default=0,
+                   help="warm-up length in samples; with --train-samples (Megatron-LM's rule)")
     g.add_argument("--lr-warmup-init", type=float, default=0.0)
     g.add_argument("--lr-decay-iters", type=int, default=None, help="default: --train-iters")
 

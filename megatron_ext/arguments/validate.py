@@ -40,6 +40,8 @@ def fill_defaults(args: argparse.Namespace) -> None:
         args.recompute_method = "uniform"
     if args.recompute_granularity == "full" and args.recompute_num_layers is None:
         args.recompute_num_layers = 1
+    if args.tokenizer_type == "Llama2Tokenizer":  # Megatron-LM's name for a sentencepiece tokenizer.model
+        args.tokenizer_type = "SentencePieceTokenizer"
 
 
 def validate(args: argparse.Namespace, world_size: int) -> None:
@@ -101,13 +103,53 @@ def _validate_schedule(args) -> None:
         args.train_iters = math.ceil(args.train_samples / args.global_batch_size)
     if args.lr_decay_iters is None:
         args.lr_decay_iters = args.train_iters
-    if args.lr_warmup_iters > args.lr_decay_iters:
-        raise ConfigError(f"--lr-warmup-iters {args.lr_warmup_iters} exceeds --lr-decay-iters {args.lr_decay_iters}")
+    _resolve_warmup(args)
     if args.min_lr > args.lr:
         raise ConfigError(f"--min-lr {args.min_lr} is larger than --lr {args.lr}")
 
 
+def _resolve_warmup(args) -> None:
+    """Megatron-LM's rules (megatron/training/arguments.py and training.py): one warm-up flag; the
+    fraction applies to the decay length; --lr-warmup-samples belongs to sample-based runs. The result,
+    in samples (what the scheduler counts), goes to args.lr_warmup_samples."""
+    gbs, sample_based = args.global_batch_size, args.train_samples is not None
+    if args.lr_warmup_fraction is not None:
+        if args.lr_warmup_iters or args.lr_warmup_samples:
+            raise ConfigError("--lr-warmup-fraction and --lr-warmup-iters/--lr-warmup-samples are alternatives "
+                              "(as in Megatron-LM): give one")
+        if not 0.0 <= args.lr_warmup_fraction <= 1.0:
+            raise ConfigError(f"--lr-warmup-fraction {args.lr_warmup_fraction} must be between 0 and 1")
+        decay_samples = args.train_samples if sample_based and args.lr_decay_iters == args.train_iters \
+            else args.lr_decay_iters * gbs
+        args.lr_warmup_samples = int(args.lr_warmup_fraction * decay_samples)
+    elif args.lr_warmup_samples:
+        if not sample_based:
+            raise ConfigError("--lr-warmup-samples goes with --train-samples (Megatron-LM's rule); with "
+                              "--train-iters use --lr-warmup-iters or --lr-warmup-fraction")
+        if args.lr_warmup_iters:
+            raise ConfigError("--lr-warmup-samples and --lr-warmup-iters are alternatives: give one")
+    else:
+        args.lr_warmup_samples = args.lr_warmup_iters * gbs
+    if args.lr_warmup_samples > args.lr_decay_iters * gbs:
+        raise ConfigError(f"the warm-up ({args.lr_warmup_samples} samples) exceeds --lr-decay-iters "
+                          f"{args.lr_decay_iters} ({args.lr_decay_iters * gbs} samples)")
+
+
 def _validate_misc(args) -> None:
+    if args.transformer_impl == "transformer_engine":
+        raise ConfigError("--transformer-impl transformer_engine is not supported: this project's layers "
+                          "(megatron_ext/layers, with its own kernels) replace Transformer Engine's; use "
+                          "--transformer-impl local (or omit the flag)")
+    for name in ("attention_dropout", "hidden_dropout"):
+        if not 0.0 <= getattr(args, name) < 1.0:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)} must be in [0, 1)")
+    if args.wandb_project:
+        try:
+            import wandb  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(f"--wandb-project needs the wandb package, which cannot be imported ({exc}): "
+                              "pip install wandb, or drop the --wandb-* flags (TensorBoard logging "
+                              "needs only --tensorboard-dir)") from exc
     if args.recompute_granularity == "selective" and args.recompute_method is not None:
         raise ConfigError("--recompute-method applies to --recompute-granularity full, not to selective "
                           "recomputation (--recompute-activations means selective, as in Megatron-LM): drop "

@@ -25,7 +25,9 @@ from typing import Iterable, Iterator, Sequence
 
 from megatron.core.tokenizers import MegatronTokenizerBase
 
-TOKENIZER_TYPES = ("SentencePieceTokenizer", "HuggingFaceTokenizer", "NullTokenizer")
+TOKENIZER_TYPES = ("SentencePieceTokenizer", "HuggingFaceTokenizer", "NullTokenizer", "Llama2Tokenizer")
+# Megatron-LM's Llama2Tokenizer is a SentencePiece model file (LLaMA-2's tokenizer.model): the same class here.
+TOKENIZER_ALIASES = {"Llama2Tokenizer": "SentencePieceTokenizer"}
 NO_ID = -1
 
 
@@ -431,6 +433,7 @@ def build_tokenizer(tokenizer_type: str, tokenizer_model: str | None,
     vocabulary; the vocabulary is then padded to vocab_pad_to ids, by default to
     the next multiple of 32 (32000 + 22 Crystal tokens -> 32032).
     """
+    tokenizer_type = TOKENIZER_ALIASES.get(tokenizer_type, tokenizer_type)
     if tokenizer_type == "SentencePieceTokenizer":
         base = SentencePieceTokenizer(tokenizer_model)
     elif tokenizer_type == "HuggingFaceTokenizer":

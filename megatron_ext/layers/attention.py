@@ -3,12 +3,18 @@
 The model is built with position_embedding_type='none' so megatron-core's SelfAttention hands the
 un-rotated q/k ([seq, batch, heads, head_dim]) to this module, which owns RoPE (full or partial,
 half-split or interleaved, any base) and the attention kernel. No O(seq^2) mask is materialised.
+Attention dropout (--attention-dropout, config.attention_dropout) is applied by the kernel itself (SDPA's
+and flash-attn's dropout_p) in training mode, under megatron's model-parallel RNG as megatron-core's own
+core attention does, so each tensor-parallel rank drops different heads' probabilities.
 """
+
+import contextlib
 
 import math
 
 import torch
 import torch.nn.functional as F
+from megatron.core import tensor_parallel
 from megatron.core.transformer.module import MegatronModule
 
 from megatron_ext import kernels
@@ -33,6 +39,7 @@ class RotaryCoreAttention(MegatronModule):
         super().__init__(config=config)
         head_dim = config.kv_channels
         self.softmax_scale = config.softmax_scale or 1.0 / math.sqrt(head_dim)
+        self.attention_dropout = attention_dropout  # None: config.attention_dropout (read at each forward)
         inv_freq = rotary_inv_freq(head_dim, config.rotary_percent, config.rotary_base)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
@@ -46,14 +53,30 @@ class RotaryCoreAttention(MegatronModule):
         query, key = kernels.apply_rotary(query, key, self.rotary_angles(seq_len),
                                           interleaved=self.config.rotary_interleaved,
                                           impl=self.config.kernel_impl)
-        if self._use_flash(query):
-            out = flash_attn_func(*(t.transpose(0, 1) for t in (query, key, value)),
-                                  causal=True, softmax_scale=self.softmax_scale)
-            return out.transpose(0, 1).reshape(seq_len, batch, -1)
-        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, h, s, d]
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.softmax_scale,
-                                             enable_gqa=q.shape[1] != k.shape[1])
+        dropout_p = self._dropout_p()
+        with self._dropout_rng(dropout_p):
+            if self._use_flash(query):
+                out = flash_attn_func(*(t.transpose(0, 1) for t in (query, key, value)), dropout_p=dropout_p,
+                                      causal=True, softmax_scale=self.softmax_scale)
+                return out.transpose(0, 1).reshape(seq_len, batch, -1)
+            q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, h, s, d]
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.softmax_scale,
+                                                 dropout_p=dropout_p, enable_gqa=q.shape[1] != k.shape[1])
         return out.permute(2, 0, 1, 3).reshape(seq_len, batch, -1)
+
+    def _dropout_p(self) -> float:
+        if not self.training:
+            return 0.0
+        p = self.attention_dropout if self.attention_dropout is not None else self.config.attention_dropout
+        return float(p or 0.0)
+
+    def _dropout_rng(self, dropout_p: float):
+        """megatron-core's DotProductAttention forks the model-parallel RNG for attention dropout (unless
+        sequence-parallel); the same here, when megatron's RNG tracker has been seeded."""
+        tracker = tensor_parallel.get_cuda_rng_tracker()
+        if dropout_p == 0.0 or self.config.sequence_parallel or not tracker.is_initialized():
+            return contextlib.nullcontext()
+        return tracker.fork()
 
     def _use_flash(self, query) -> bool:
         backend = self.config.attention_kernel

@@ -43,8 +43,8 @@ def transformer_config(args, on_cpu: bool, mup_multipliers: dict | None = None) 
         add_qkv_bias=args.add_qkv_bias,
         gated_linear_unit=True,
         activation_func=F.silu,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
+        hidden_dropout=args.hidden_dropout,
+        attention_dropout=args.attention_dropout,
         init_method_std=args.init_method_std,
         # megatron initialises (and only then tags tensor-parallel attributes on the weights);
         # models/init.py then overwrites every weight from the seed alone.

@@ -51,3 +51,92 @@ def flag_help(flag: str) -> str:
     """The help text argparse shows for FLAG."""
     action = next(a for a in build_parser()._actions if flag in a.option_strings)
     return action.help or ""
+
+
+def test_llama2_tokenizer_is_sentencepiece_on_the_same_file():
+    args = parse_args(["--model-preset", "tiny", "--data-path", "x", "--device", "cpu", "--train-iters", "10",
+                       "--tokenizer-type", "Llama2Tokenizer", "--tokenizer-model", "tok.model"], world_size=1)
+    assert (args.tokenizer_type, args.tokenizer_model) == ("SentencePieceTokenizer", "tok.model")
+
+
+def test_accepted_megatron_lm_flags():
+    args = parse_args(BASE + ["--no-position-embedding", "--transformer-impl", "local", "--log-throughput",
+                              "--timing-log-level", "2", "--ckpt-format", "torch_dist",
+                              "--use-mcore-models"], world_size=1)
+    assert args.position_embedding_type == "rope" and args.ckpt_format == "torch_dist"
+    assert args.timing_log_level == 2
+    for level in ("0", "1"):
+        assert parse_args(BASE + ["--timing-log-level", level], world_size=1).timing_log_level == int(level)
+
+
+def test_transformer_engine_is_refused_with_the_alternative():
+    with pytest.raises(SystemExit, match="transformer_engine.*--transformer-impl local"):
+        parse_args(BASE + ["--transformer-impl", "transformer_engine"], world_size=1)
+
+
+def test_wandb_without_the_package_is_refused_naming_the_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+    with pytest.raises(SystemExit, match="pip install wandb"):
+        parse_args(BASE + ["--wandb-project", "p", "--wandb-exp-name", "e", "--wandb-save-dir", "w"], world_size=1)
+
+
+def _lr_at(args, samples):
+    import torch
+
+    from megatron_ext.training.optimizer import build_scheduler
+
+    scheduler = build_scheduler(args, torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.lr))
+    scheduler.num_steps = samples
+    return scheduler.get_lr({})
+
+
+def test_lr_warmup_fraction_and_samples_as_megatron_lm():
+    iters = ["--model-preset", "tiny", "--mock-data", "--device", "cpu", "--global-batch-size", "4",
+             "--lr", "1.0", "--min-lr", "0.0", "--lr-decay-style", "constant"]
+    # iteration-based: warm-up = fraction x --lr-decay-iters x global batch (samples)
+    args = parse_args(iters + ["--train-iters", "100", "--lr-warmup-fraction", "0.1"], world_size=1)
+    assert args.lr_warmup_samples == 40
+    assert _lr_at(args, 20) == pytest.approx(0.5) and _lr_at(args, 40) == pytest.approx(1.0)
+    # sample-based: warm-up = fraction x --train-samples, or --lr-warmup-samples as given
+    args = parse_args(iters + ["--train-samples", "400", "--lr-warmup-fraction", "0.05"], world_size=1)
+    assert args.lr_warmup_samples == 20 and _lr_at(args, 10) == pytest.approx(0.5)
+    args = parse_args(iters + ["--train-samples", "400", "--lr-warmup-samples", "80"], world_size=1)
+    assert args.lr_warmup_samples == 80 and _lr_at(args, 40) == pytest.approx(0.5)
+    # --lr-warmup-iters keeps its meaning
+    args = parse_args(iters + ["--train-iters", "100", "--lr-warmup-iters", "10"], world_size=1)
+    assert args.lr_warmup_samples == 40 and _lr_at(args, 20) == pytest.approx(0.5)
+    with pytest.raises(SystemExit, match="--lr-warmup-fraction.*--lr-warmup-iters"):
+        parse_args(iters + ["--train-iters", "100", "--lr-warmup-fraction", "0.1", "--lr-warmup-iters", "5"])
+    with pytest.raises(SystemExit, match="--lr-warmup-samples.*--train-samples"):
+        parse_args(iters + ["--train-iters", "100", "--lr-warmup-samples", "8"])
+
+
+def test_dropout_flags_reach_the_model_config():
+    config = transformer_config(parse_args(BASE, world_size=1), on_cpu=True)
+    assert (config.hidden_dropout, config.attention_dropout) == (0.0, 0.0)  # LLaMA's; Megatron-LM defaults 0.1
+    args = parse_args(BASE + ["--hidden-dropout", "0.1", "--attention-dropout", "0.2"], world_size=1)
+    config = transformer_config(args, on_cpu=True)
+    assert (config.hidden_dropout, config.attention_dropout) == (0.1, 0.2)
+
+
+def test_attention_applies_attention_dropout_in_training_only():
+    import torch
+
+    from megatron_ext.layers.attention import RotaryCoreAttention
+
+    args = parse_args(BASE + ["--attention-dropout", "0.5"], world_size=1)
+    config = transformer_config(args, on_cpu=True)
+    attention = RotaryCoreAttention(config, 1, None, None)
+    heads, dim = config.num_attention_heads, config.kv_channels
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(16, 2, heads, dim) for _ in range(3))
+    attention.eval()
+    reference = attention(q, k, v)
+    config.attention_dropout = 0.0
+    assert torch.equal(RotaryCoreAttention(config, 1, None, None).train()(q, k, v), reference)
+    config.attention_dropout = 0.5
+    attention.train()
+    dropped = attention(q, k, v)
+    assert not torch.allclose(dropped, reference)
