@@ -3,6 +3,7 @@
 # tensor parallelism 2 on 2 CPU processes (gloo), on the bundled English + code corpus.
 #   PYTHON=...  interpreter (default: .venv/bin/python)   OUT=...  output directory (default: demo_out)
 #   ITERS=...   training iterations (default 300)          LAYOUT="--pipeline-model-parallel-size 2" for PP2
+#   PORT=...    torchrun's rendezvous port (default: a free port picked now)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -25,9 +26,11 @@ for part in english code; do
   fi
 done
 
-echo "== pretraining (2 CPU processes, $LAYOUT, $ITERS iterations)"
+# A free port unless PORT is given: a fixed one collides with any other run on this machine.
+PORT=${PORT:-$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+echo "== pretraining (2 CPU processes, $LAYOUT, $ITERS iterations, rendezvous port $PORT)"
 rm -rf "$OUT/checkpoints" "$OUT/tensorboard"
-"$PYTHON" -m torch.distributed.run --nproc-per-node 2 --master-addr 127.0.0.1 --master-port "${PORT:-29517}" \
+"$PYTHON" -m torch.distributed.run --nproc-per-node 2 --master-addr 127.0.0.1 --master-port "$PORT" \
   pretrain_llama.py --device cpu --model-preset tiny-demo $LAYOUT \
   --tokenizer-type SentencePieceTokenizer --tokenizer-model "$OUT/tokenizer/demo.model" \
   --data-path 0.5 "$OUT/data/english_text_document" 0.5 "$OUT/data/code_text_document" --split 95,5,0 \

@@ -179,6 +179,12 @@ def start_write_results_queue() -> None:
 #   Canary: test_upstream_still_loops_on_a_split_with_no_documents.
 # ---------------------------------------------------------------------------------------------------
 
+def _is_first_rank() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
 def drop_empty_splits(config, prefixes: Sequence[str], num_samples: Sequence[int]) -> None:
     """Guard against a split that gets no documents.
 
@@ -206,8 +212,9 @@ def drop_empty_splits(config, prefixes: Sequence[str], num_samples: Sequence[int
                     f"{prefix} ({n} documents in all) but {num_samples[split.value]} "
                     f"{split.name} samples were requested; use more documents or a split "
                     f"with a larger {split.name} share")
-            logger.warning("%s split has no documents in %s; not building it",
-                           split.name, prefix)
+            if _is_first_rank():  # every rank builds its datasets; say it once
+                logger.warning("%s split has no documents in %s; not building it",
+                               split.name, prefix)
             config.split_matrix[split.value] = None
             break
 

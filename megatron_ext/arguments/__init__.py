@@ -24,6 +24,17 @@ ARG_GROUPS = (add_model_args, add_parallel_args, add_training_args, add_data_arg
               add_checkpoint_args, add_logging_args, add_mup_args)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each flag's default, unless it has none (None/False) or the help text says it."""
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        if "default" in help_text or action.default is None or action.default is False \
+                or action.default == argparse.SUPPRESS or not action.option_strings:
+            return help_text
+        return help_text + " (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's default prints usage then a terse line; name the fix
         self.exit(2, f"{self.prog}: error: {message}\n(run with --help for the list of flags)\n")
@@ -31,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pretrain_llama.py", description="Pretrain a LLaMA-family model on megatron-core.",
-                     allow_abbrev=False)
+                     allow_abbrev=False, formatter_class=_HelpFormatter)
     for add in ARG_GROUPS:
         add(parser)
     return parser

@@ -33,7 +33,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                    help="FIM cut points: between characters (decode, split, re-encode; as "
                         "StarCoder/Crystal) or between tokens")
     g.add_argument("--split", default="969,30,1", help="train,valid,test proportions")
-    g.add_argument("--data-cache-path", default=None)
+    g.add_argument("--data-cache-path", default=None,
+                   help="directory for megatron's dataset index caches (default: next to the data)")
     g.add_argument("--mock-data", action="store_true", help="random tokens, no files (benchmarks)")
     g.add_argument("--tokenizer-type", default="SentencePieceTokenizer",
                    choices=["SentencePieceTokenizer", "HuggingFaceTokenizer", "NullTokenizer", "Llama2Tokenizer"],

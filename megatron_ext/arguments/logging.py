@@ -5,10 +5,14 @@ import argparse
 
 def add_logging_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("logging and evaluation")
-    g.add_argument("--log-interval", type=int, default=10)
-    g.add_argument("--tensorboard-dir", default=None)
-    g.add_argument("--eval-interval", type=int, default=None)
-    g.add_argument("--eval-iters", type=int, default=10)
+    g.add_argument("--log-interval", type=int, default=10,
+                   help="print (and write to TensorBoard) every this many iterations")
+    g.add_argument("--tensorboard-dir", default=None,
+                   help="write TensorBoard scalars and the run's arguments here")
+    g.add_argument("--eval-interval", type=int, default=None,
+                   help="validate every this many iterations, and at the end (default: no validation)")
+    g.add_argument("--eval-iters", type=int, default=10,
+                   help="validation batches (of --global-batch-size) per evaluation")
     g.add_argument("--peak-tflops", type=float, default=None,
                    help="per-device dense peak TFLOP/s for MFU; known for H100/A100/H200")
     g.add_argument("--log-json", default=None, help="also write each logged iteration as JSON lines here")

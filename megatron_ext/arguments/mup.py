@@ -5,13 +5,22 @@ import argparse
 
 def add_mup_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("μP (maximal update parametrization)")
-    g.add_argument("--use-mup", action="store_true", default=None)
-    g.add_argument("--mup-base-hidden-size", type=int)
+    g.add_argument("--use-mup", action="store_true", default=None,
+                   help="μP: width-scaled initialisation, learning rates and multipliers (docs/mup.md)")
+    g.add_argument("--mup-base-hidden-size", type=int,
+                   help="μP base width the hyperparameters were tuned at")
     g.add_argument("--mup-width-scale", type=float, help="base hidden / hidden (alternative to the above)")
-    g.add_argument("--mup-base-ffn-hidden-size", type=int)
-    g.add_argument("--mup-base-num-attention-heads", type=int)
-    g.add_argument("--mup-embeddings-scale", type=float)
-    g.add_argument("--mup-output-alpha", type=float)
-    g.add_argument("--mup-scale-qk-dot-by-d", action="store_true", default=None)
-    g.add_argument("--mup-base-init-std", type=float)
-    g.add_argument("--mup-scale-adam-eps", action="store_true", default=None)
+    g.add_argument("--mup-base-ffn-hidden-size", type=int,
+                   help="μP base MLP width (see docs/mup.md)")
+    g.add_argument("--mup-base-num-attention-heads", type=int,
+                   help="μP base number of attention heads (see docs/mup.md)")
+    g.add_argument("--mup-embeddings-scale", type=float,
+                   help="μP multiplier on the embedding output")
+    g.add_argument("--mup-output-alpha", type=float,
+                   help="μP output multiplier alpha (see docs/mup.md)")
+    g.add_argument("--mup-scale-qk-dot-by-d", action="store_true", default=None,
+                   help="μP attention scale 1/d instead of 1/sqrt(d)")
+    g.add_argument("--mup-base-init-std", type=float,
+                   help="μP initialisation std at the base width")
+    g.add_argument("--mup-scale-adam-eps", action="store_true", default=None,
+                   help="μP: scale Adam's epsilon with the width")

@@ -197,6 +197,30 @@ def load_checkpoint(root: str, model, optimizer, scheduler, args):
         optimizer.reload_model_params()
     if with_rng:
         restore_rng_state(loaded["rng_state"].data if hasattr(loaded["rng_state"], "data") else loaded["rng_state"])
+    iteration, consumed = (0, 0) if args.finetune else (common.get("iteration", 0), common.get("consumed_samples", 0))
+    if dist.get_rank() == 0:
+        print(describe_load(path, common.get("iteration", 0), consumed, args, weights_only=weights_only,
+                            with_optimizer=with_optimizer, with_rng=with_rng), flush=True)
+    return iteration, consumed
+
+
+def describe_load(path: str, saved_iteration: int, consumed: int, args, *, weights_only: bool,
+                  with_optimizer: bool, with_rng: bool) -> str:
+    """The one line saying what a load restored: from where, which iteration, which parts."""
+    loaded, skipped = ["weights"], []
+    reason_optim = ("--finetune" if args.finetune else "the checkpoint has weights only" if weights_only
+                    else "--no-load-optim")
+    (loaded if with_optimizer else skipped).append(
+        "optimizer and LR schedule" if with_optimizer else f"optimizer and LR schedule ({reason_optim})")
+    if with_rng:
+        loaded.append("RNG")
+    else:
+        why = ("--no-load-rng" if args.no_load_rng else reason_optim if weights_only
+               else "saved at another TP/PP layout")
+        skipped.append(f"RNG ({why})")
     if args.finetune:
-        return 0, 0
-    return common.get("iteration", 0), common.get("consumed_samples", 0)
+        skipped.append("data position (--finetune: restarts at iteration 0)")
+    else:
+        loaded.append(f"data position ({consumed} consumed samples)")
+    line = f" > loaded checkpoint {path} (iteration {saved_iteration}): {', '.join(loaded)}"
+    return line + (f"; not loaded: {', '.join(skipped)}" if skipped else "")

@@ -94,6 +94,7 @@ def _train(args, platform) -> float | None:
     if args.eval_interval and state.iteration == 0:
         logger.validation(state, validation_loss())
     stop_check = StopCheck(args, platform.device)
+    start_iteration = state.iteration
     try:
         final_loss, stop_reason = train(args, model, optimizer, scheduler, state,
                                         iterators(train_ds, state.consumed_samples, cycle=False),
@@ -109,8 +110,11 @@ def _train(args, platform) -> float | None:
                   flush=True)
         logger.close()
         return final_loss
-    # Decided from the iteration, not the loss: only the last pipeline stage gets a loss back.
-    if args.eval_interval and state.iteration % args.eval_interval:
+    # Decided from the iteration, not the loss: only the last pipeline stage gets a loss back. The loop
+    # evaluated at the end only if it trained and stopped on a multiple of --eval-interval; otherwise
+    # (including a resume of a finished run) evaluate now, so the final validation line is always there.
+    evaluated_at_end = state.iteration > start_iteration and state.iteration % (args.eval_interval or 1) == 0
+    if args.eval_interval and not evaluated_at_end:
         final_loss = validation_loss()
     if final_loss is not None:
         logger.validation(state, final_loss, tag="final validation")
