@@ -1,9 +1,14 @@
-"""Megatron-LM-style iteration lines, TensorBoard scalars and an optional JSON-lines log."""
+"""Megatron-LM-style iteration lines, TensorBoard scalars (Megatron-LM's tag names), optionally mirrored
+to Weights & Biases, and an optional JSON-lines log."""
 
 from __future__ import annotations
 
 import json
+import resource
+import sys
 import time
+
+import torch
 
 from megatron_ext.training.flops import peak_tflops, training_flops_per_iteration
 
@@ -14,10 +19,21 @@ class TrainLogger:
         self.writes = writes  # only the last rank (it holds the loss) prints and writes
         self.flops_per_iteration = training_flops_per_iteration(args, vocab_size)
         self.peak = peak_tflops(args, device)
+        self.device = device
         self.writer = None
+        self.wandb = None
         if writes and args.tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(log_dir=args.tensorboard_dir)
+            self.writer.add_text("arguments", _arguments_table(args), 0)  # Megatron-LM's tag for them
+        if writes and getattr(args, "wandb_project", None):
+            import wandb  # arguments/validate.py refused the flag already if this cannot be imported
+
+            wandb.init(project=args.wandb_project, name=args.wandb_exp_name,
+                       dir=args.wandb_save_dir or (f"{args.save}/wandb" if args.save else None),
+                       config=vars(args))
+            self.wandb = wandb
+        self._validation_written: set[int] = set()
         self._window_start = time.perf_counter()
         self._window_iters = 0
         self._losses: list[float] = []
@@ -54,8 +70,10 @@ class TrainLogger:
                     f" TFLOP/s per device: {tflops:.2f} |"
                     f" MFU: {mfu} |")
             print(line, flush=True)
-            scalars = {"lm loss": loss, "learning-rate": lr, "tokens-per-second": tokens_per_s,
-                       "tflops-per-device": tflops}
+            # Megatron-LM's tags (training.py's training_log); "throughput" is its TFLOP/s per GPU.
+            scalars = {"lm loss": loss, "learning-rate": lr, "batch-size": args.global_batch_size,
+                       "loss-scale": loss_scale, "tokens-per-second": tokens_per_s,
+                       "tflops-per-device": tflops, "throughput": tflops, **self._memory()}
             if grad_norm is not None:
                 scalars["grad-norm"] = grad_norm
             if self.peak:
@@ -69,7 +87,18 @@ class TrainLogger:
         if not self.writes or loss is None:
             return
         print(f" {tag} loss at iteration {state.iteration} | lm loss value: {loss:.6E} |", flush=True)
-        self._write({f"{tag} lm loss": loss}, state)
+        scalars = {f"{tag} lm loss": loss}  # our name, kept for --log-json readers
+        if state.iteration not in self._validation_written:  # Megatron-LM's tag, once per iteration
+            scalars["lm loss validation"] = loss
+            self._validation_written.add(state.iteration)
+        self._write(scalars, state)
+
+    def _memory(self) -> dict:
+        """CUDA: the peak allocated bytes (Megatron-LM's tag); CPU: the process's peak resident set."""
+        if self.device.type == "cuda":
+            return {"mem-max-allocated-bytes": float(torch.cuda.max_memory_allocated(self.device))}
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return {"mem-max-rss-bytes": float(peak if sys.platform == "darwin" else peak * 1024)}
 
     def _write(self, scalars: dict, state, extra: dict | None = None):
         if self.writer:
@@ -77,6 +106,8 @@ class TrainLogger:
                 self.writer.add_scalar(key, value, state.iteration)
                 self.writer.add_scalar(f"{key} vs samples", value, state.consumed_samples)
             self.writer.flush()
+        if self.wandb:
+            self.wandb.log({**scalars, "samples": state.consumed_samples}, step=state.iteration)
         if self.args.log_json:
             record = {"iteration": state.iteration, "consumed_samples": state.consumed_samples,
                       **scalars, **(extra or {})}
@@ -86,3 +117,11 @@ class TrainLogger:
     def close(self):
         if self.writer:
             self.writer.close()
+        if self.wandb:
+            self.wandb.finish()
+
+
+def _arguments_table(args) -> str:
+    """The run's arguments as a Markdown table (TensorBoard renders it under TEXT)."""
+    rows = "\n".join(f"| {key} | {value!r} |" for key, value in sorted(vars(args).items()))
+    return "| argument | value |\n|---|---|\n" + rows
