@@ -9,7 +9,6 @@ core attention does, so each tensor-parallel rank drops different heads' probabi
 """
 
 import contextlib
-
 import math
 
 import torch
