@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from megatron_ext.arguments.checkpoint import add_checkpoint_args
 from megatron_ext.arguments.data import add_data_args
-from megatron_ext.arguments.from_checkpoint import checkpoint_model_flags
+from megatron_ext.arguments.from_checkpoint import checkpoint_model_flags, checkpoint_tokenizer_flags
 from megatron_ext.arguments.logging import add_logging_args
 from megatron_ext.arguments.model import add_model_args
 from megatron_ext.arguments.mup import add_mup_args
@@ -55,6 +56,10 @@ def parse_args(argv: list[str] | None = None, world_size: int | None = None) -> 
     defaults = preset(args.model_preset) if args.model_preset else {}
     if args.load:
         defaults.update(checkpoint_model_flags(args.load))
+        given = sys.argv[1:] if argv is None else [str(a) for a in argv]
+        if not args.mock_data and not any(a.startswith(("--tokenizer-", "--special-tokens", "--vocab-pad-to"))
+                                          for a in given):
+            defaults.update(checkpoint_tokenizer_flags(args.load))
     if defaults:
         parser.set_defaults(**defaults)
         args = parser.parse_args(argv)

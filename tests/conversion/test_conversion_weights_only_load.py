@@ -66,8 +66,8 @@ def runs(tmp_path_factory):
     assert expected < 4.0, expected  # distinguishable from a fresh initialisation
     hf_to_megatron(str(root / "hf"), str(root / "converted"), progress=False)
     periodic_dataset(root / "periodic", period, repeats=64)
+    # No tokenizer flags: the converted checkpoint carries its tokenizer (as the converter's hint promises).
     common = ["--load", root / "converted", "--data-path", root / "periodic", "--split", "100,0,0",
-              "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", root / "hf",
               "--seq-length", SEQ, "--micro-batch-size", 1, "--global-batch-size", 1, "--train-iters", ITERS,
               "--lr", 0, "--min-lr", 0, "--lr-decay-style", "constant", "--device", "cpu", "--log-interval", 1]
     wait_all({name: start_pretrain(common + [precision, "--log-json", root / f"{name}.jsonl"] + flags)
@@ -84,3 +84,20 @@ def test_loaded_weights_survive_training_steps(runs, name):
     assert len(set(logged.values())) == 1, f"{name}: the loss changed with lr 0, the weights were replaced: {logged}"
     precision = name.split("-")[0]
     assert logged[1] == pytest.approx(expected, abs=TOLERANCE[precision]), (name, logged[1], expected)
+
+
+def test_load_takes_the_tokenizer_from_the_checkpoint(tmp_path):
+    """--load of a converted model needs no tokenizer flags; a moved checkpoint uses the tokenizer it
+    carries; explicit tokenizer flags win."""
+    from megatron_ext.arguments import parse_args
+
+    random_llama(tmp_path / "hf", tied=False)
+    hf_to_megatron(str(tmp_path / "hf"), str(tmp_path / "converted"), progress=False)
+    run = ["--data-path", "corpus_text_document", "--train-iters", "1"]
+    args = parse_args(["--load", str(tmp_path / "converted")] + run, world_size=1)
+    assert (args.tokenizer_type, args.tokenizer_model) == ("HuggingFaceTokenizer", str(tmp_path / "converted" / "tokenizer"))
+    (tmp_path / "converted").rename(tmp_path / "moved")
+    args = parse_args(["--load", str(tmp_path / "moved")] + run, world_size=1)
+    assert args.tokenizer_model == str(tmp_path / "moved" / "tokenizer")
+    args = parse_args(["--load", str(tmp_path / "moved"), "--tokenizer-model", "other.model"] + run, world_size=1)
+    assert (args.tokenizer_type, args.tokenizer_model) == ("SentencePieceTokenizer", "other.model")
