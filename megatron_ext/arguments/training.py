@@ -31,6 +31,9 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-warmup-init", type=float, default=0.0,
                    help="learning rate at the start of the warm-up")
     g.add_argument("--lr-decay-iters", type=int, default=None, help="default: --train-iters")
+    g.add_argument("--lr-decay-samples", type=int, default=None,
+                   help="decay length in samples, with --train-samples (Megatron-LM's rule; default: "
+                        "--train-samples)")
 
     g = parser.add_argument_group("optimizer")
     g.add_argument("--optimizer", choices=["adam"], default="adam",

@@ -101,11 +101,29 @@ def _validate_schedule(args) -> None:
         raise ConfigError("pass exactly one of --train-iters and --train-samples")
     if args.train_iters is None:
         args.train_iters = math.ceil(args.train_samples / args.global_batch_size)
-    if args.lr_decay_iters is None:
-        args.lr_decay_iters = args.train_iters
+    _resolve_decay(args)
     _resolve_warmup(args)
     if args.min_lr > args.lr:
         raise ConfigError(f"--min-lr {args.min_lr} is larger than --lr {args.lr}")
+
+
+def _resolve_decay(args) -> None:
+    """The decay length in samples (what the scheduler counts), args.lr_decay_samples: --lr-decay-iters x
+    global batch, or for sample-based runs --lr-decay-samples (default --train-samples), as Megatron-LM."""
+    if args.lr_decay_samples is not None:
+        if args.train_samples is None:
+            raise ConfigError("--lr-decay-samples goes with --train-samples (Megatron-LM's rule); with "
+                              "--train-iters use --lr-decay-iters")
+        if args.lr_decay_iters is not None:
+            raise ConfigError("--lr-decay-samples and --lr-decay-iters are alternatives: give one")
+    if args.lr_decay_iters is None:
+        args.lr_decay_iters = args.train_iters
+    if args.train_samples is not None and args.lr_decay_samples is None and args.lr_decay_iters == args.train_iters:
+        args.lr_decay_samples = args.train_samples
+    elif args.lr_decay_samples is None:
+        args.lr_decay_samples = args.lr_decay_iters * args.global_batch_size
+    else:
+        args.lr_decay_iters = math.ceil(args.lr_decay_samples / args.global_batch_size)
 
 
 def _resolve_warmup(args) -> None:
@@ -119,9 +137,7 @@ def _resolve_warmup(args) -> None:
                               "(as in Megatron-LM): give one")
         if not 0.0 <= args.lr_warmup_fraction <= 1.0:
             raise ConfigError(f"--lr-warmup-fraction {args.lr_warmup_fraction} must be between 0 and 1")
-        decay_samples = args.train_samples if sample_based and args.lr_decay_iters == args.train_iters \
-            else args.lr_decay_iters * gbs
-        args.lr_warmup_samples = int(args.lr_warmup_fraction * decay_samples)
+        args.lr_warmup_samples = int(args.lr_warmup_fraction * args.lr_decay_samples)
     elif args.lr_warmup_samples:
         if not sample_based:
             raise ConfigError("--lr-warmup-samples goes with --train-samples (Megatron-LM's rule); with "
@@ -130,9 +146,9 @@ def _resolve_warmup(args) -> None:
             raise ConfigError("--lr-warmup-samples and --lr-warmup-iters are alternatives: give one")
     else:
         args.lr_warmup_samples = args.lr_warmup_iters * gbs
-    if args.lr_warmup_samples > args.lr_decay_iters * gbs:
-        raise ConfigError(f"the warm-up ({args.lr_warmup_samples} samples) exceeds --lr-decay-iters "
-                          f"{args.lr_decay_iters} ({args.lr_decay_iters * gbs} samples)")
+    if args.lr_warmup_samples > args.lr_decay_samples:
+        raise ConfigError(f"the warm-up ({args.lr_warmup_samples} samples) exceeds the decay length "
+                          f"({args.lr_decay_samples} samples: --lr-decay-iters {args.lr_decay_iters})")
 
 
 def _validate_misc(args) -> None:

@@ -38,7 +38,7 @@ def build_scheduler(args, optimizer) -> OptimizerParamScheduler:
         max_lr=args.lr,
         min_lr=args.min_lr,
         lr_warmup_steps=args.lr_warmup_samples,  # resolved in arguments/validate.py from the warm-up flags
-        lr_decay_steps=args.lr_decay_iters * gbs,
+        lr_decay_steps=args.lr_decay_samples,  # resolved in arguments/validate.py
         lr_decay_style=args.lr_decay_style,
         start_wd=args.weight_decay,
         end_wd=args.weight_decay,

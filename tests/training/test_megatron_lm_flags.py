@@ -113,6 +113,24 @@ def test_lr_warmup_fraction_and_samples_as_megatron_lm():
         parse_args(iters + ["--train-iters", "100", "--lr-warmup-samples", "8"])
 
 
+def test_lr_decay_samples_as_megatron_lm():
+    """Sample-based runs decay over --lr-decay-samples (default --train-samples, not rounded up to whole
+    iterations); the warm-up fraction applies to that length."""
+    base = ["--model-preset", "tiny", "--mock-data", "--device", "cpu", "--global-batch-size", "4", "--lr", "1.0",
+            "--min-lr", "0.0", "--lr-decay-style", "linear"]
+    args = parse_args(base + ["--train-samples", "402"], world_size=1)
+    assert (args.train_iters, args.lr_decay_samples) == (101, 402)
+    assert _lr_at(args, 201) == pytest.approx(0.5)
+    args = parse_args(base + ["--train-samples", "400", "--lr-decay-samples", "200", "--lr-warmup-fraction", "0.1"],
+                      world_size=1)
+    assert (args.lr_decay_samples, args.lr_warmup_samples) == (200, 20)
+    assert _lr_at(args, 110) == pytest.approx(0.5) and _lr_at(args, 300) == pytest.approx(0.0)
+    with pytest.raises(SystemExit, match="--lr-decay-samples goes with --train-samples"):
+        parse_args(base + ["--train-iters", "100", "--lr-decay-samples", "200"])
+    with pytest.raises(SystemExit, match="alternatives"):
+        parse_args(base + ["--train-samples", "400", "--lr-decay-samples", "200", "--lr-decay-iters", "10"])
+
+
 def test_dropout_flags_reach_the_model_config():
     config = transformer_config(parse_args(BASE, world_size=1), on_cpu=True)
     assert (config.hidden_dropout, config.attention_dropout) == (0.0, 0.0)  # LLaMA's; Megatron-LM defaults 0.1
