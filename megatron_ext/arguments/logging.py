@@ -19,7 +19,9 @@ def add_logging_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--log-throughput", action="store_true",
                    help="accepted for Megatron-LM scripts: throughput (tokens/s, TFLOP/s, MFU) is always logged")
     g.add_argument("--timing-log-level", type=int, choices=[0, 1, 2], default=0,
-                   help="accepted for Megatron-LM scripts; the iteration time is always logged")
+                   help="per-phase times on a line after each iteration line and in TensorBoard (NAME-time): "
+                        "1: forward-backward, optimizer, evaluate, save-checkpoint; 2: also batch-generator. "
+                        "Synchronises the GPU around each phase; 0 times nothing")
     g.add_argument("--wandb-project", default=None,
                    help="also log the TensorBoard scalars to this Weights & Biases project (needs wandb)")
     g.add_argument("--wandb-exp-name", default=None, help="W&B run name")

@@ -14,8 +14,9 @@ from megatron_ext.training.flops import peak_tflops, training_flops_per_iteratio
 
 
 class TrainLogger:
-    def __init__(self, args, device, vocab_size: int, writes: bool):
+    def __init__(self, args, device, vocab_size: int, writes: bool, timers=None):
         self.args = args
+        self.timers = timers  # training/timers.py: per-phase times with --timing-log-level
         self.writes = writes  # only the last rank (it holds the loss) prints and writes
         self.flops_per_iteration = training_flops_per_iteration(args, vocab_size)
         self.peak = peak_tflops(args, device)
@@ -53,6 +54,7 @@ class TrainLogger:
         loss = sum(self._losses) / len(self._losses) if self._losses else float("nan")
         self._losses = []
         elapsed = (time.perf_counter() - self._window_start) / max(self._window_iters, 1)
+        phases = self.timers.take(self._window_iters) if self.timers else {}
         tokens_per_s = args.global_batch_size * args.seq_length / elapsed
         tflops = self.flops_per_iteration / elapsed / world_size / 1e12
         mfu = f"{100.0 * tflops / self.peak:.2f}%" if self.peak else "n/a (set --peak-tflops)"
@@ -70,12 +72,16 @@ class TrainLogger:
                     f" TFLOP/s per device: {tflops:.2f} |"
                     f" MFU: {mfu} |")
             print(line, flush=True)
+            if phases:  # Megatron-LM prints its timers on their own line, per iteration of the interval
+                print(" time (ms) per iteration | " + " | ".join(f"{name}: {ms:.2f}" for name, ms in phases.items())
+                      + " |", flush=True)
             # Megatron-LM's tags (training.py's training_log); "throughput" is its TFLOP/s per GPU.
             scalars = {"lm loss": loss, "learning-rate": lr, "batch-size": args.global_batch_size,
                        "loss-scale": loss_scale, "tokens-per-second": tokens_per_s,
                        "tflops-per-device": tflops, "throughput": tflops, **self._memory()}
             if grad_norm is not None:
                 scalars["grad-norm"] = grad_norm
+            scalars.update({f"{name}-time": ms for name, ms in phases.items()})  # Megatron-LM's timer tags
             if self.peak:
                 scalars["mfu-percent"] = 100.0 * tflops / self.peak
             self._write(scalars, state, extra={"elapsed_ms": elapsed * 1000})

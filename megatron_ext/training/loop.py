@@ -11,6 +11,7 @@ from megatron.core.distributed import finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_ext.training.step import forward_step
+from megatron_ext.training.timers import NO_TIMERS, PhaseTimers
 
 
 @dataclass
@@ -60,12 +61,14 @@ def base_lr(scheduler) -> float:
     return scheduler.get_lr({})
 
 
-def train_step(model, optimizer, scheduler, data_iterators, args):
+def train_step(model, optimizer, scheduler, data_iterators, args, timers: PhaseTimers = NO_TIMERS):
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    losses = run_microbatches(model, data_iterators, args, forward_only=False)
-    succeeded, grad_norm, _ = optimizer.step()
+    with timers.phase("forward-backward"):
+        losses = run_microbatches(model, data_iterators, args, forward_only=False)
+    with timers.phase("optimizer"):
+        succeeded, grad_norm, _ = optimizer.step()
     if succeeded:  # fp16 skips the step when gradients overflowed
         scheduler.step(increment=args.global_batch_size)
     return average_loss(losses), grad_norm
@@ -84,7 +87,7 @@ def evaluate(model, data_iterators, args) -> float | None:
 
 
 def train(args, model, optimizer, scheduler, state: TrainState, train_iters, validation_loss, logger, save_fn,
-          stop_check):
+          stop_check, timers: PhaseTimers = NO_TIMERS):
     """Runs until args.train_iters or until stop_check says to stop. Returns (validation loss at the
     last iteration if evaluated there, why it stopped early or None). validation_loss() evaluates
     (None: never); save_fn(state) saves."""
@@ -93,7 +96,7 @@ def train(args, model, optimizer, scheduler, state: TrainState, train_iters, val
     logger.start_window()
     last_valid = None
     while state.iteration < args.train_iters:
-        loss, grad_norm = train_step(model, optimizer, scheduler, train_iters, args)
+        loss, grad_norm = train_step(model, optimizer, scheduler, train_iters, args, timers)
         state.iteration += 1
         state.consumed_samples += args.global_batch_size
         logger.training_step(state, loss, base_lr(scheduler), grad_norm, optimizer.get_loss_scale().item(),

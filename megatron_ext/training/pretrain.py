@@ -50,6 +50,7 @@ def _train(args, platform) -> float | None:
     from megatron_ext.training.loop import TrainState, evaluate, train
     from megatron_ext.training.parallel import data_parallel_rank_and_size, initialize_parallel, is_last_rank
     from megatron_ext.training.stopping import StopCheck
+    from megatron_ext.training.timers import PhaseTimers, timed_batches
 
     initialize_parallel(args)
     tokenizer, vocab_size = build_vocab(args)
@@ -69,11 +70,13 @@ def _train(args, platform) -> float | None:
     train_ds, valid_ds = build_datasets(args, tokenizer, vocab_size)
     dp_rank, dp_size = data_parallel_rank_and_size()
 
-    def iterators(dataset, consumed, cycle):
-        return [micro_batches(dataset, consumed, args.micro_batch_size, dp_rank, dp_size,
-                              args.num_workers, cycle=cycle) for _ in model]
+    timers = PhaseTimers(args.timing_log_level, platform.device)
 
-    logger = TrainLogger(args, platform.device, vocab_size, writes=is_last_rank())
+    def iterators(dataset, consumed, cycle):
+        return [timed_batches(micro_batches(dataset, consumed, args.micro_batch_size, dp_rank, dp_size,
+                                            args.num_workers, cycle=cycle), timers) for _ in model]
+
+    logger = TrainLogger(args, platform.device, vocab_size, writes=is_last_rank(), timers=timers)
     if is_last_rank():
         print(f" > {count_parameters(model):,} parameters on the last rank; layout TP{args.tensor_model_parallel_size}"
               f" x PP{args.pipeline_model_parallel_size} x DP{args.data_parallel_size} on {platform.device.type}"
@@ -81,12 +84,16 @@ def _train(args, platform) -> float | None:
         print(describe_data(args), flush=True)
 
     def validation_loss():  # the same held-out batches every time, so values compare across a run
-        return evaluate(model, iterators(valid_ds, 0, cycle=True), args) if valid_ds is not None else None
+        if valid_ds is None:
+            return None
+        with timers.phase("evaluate"):
+            return evaluate(model, iterators(valid_ds, 0, cycle=True), args)
 
     saved_at = [None]
 
     def save(train_state):
-        path = save_checkpoint(args.save, model, optimizer, scheduler, train_state, args)
+        with timers.phase("save-checkpoint"):
+            path = save_checkpoint(args.save, model, optimizer, scheduler, train_state, args)
         saved_at[0] = train_state.iteration
         if is_last_rank():
             print(f" > saved checkpoint at iteration {train_state.iteration} to {path}", flush=True)
@@ -98,7 +105,8 @@ def _train(args, platform) -> float | None:
     try:
         final_loss, stop_reason = train(args, model, optimizer, scheduler, state,
                                         iterators(train_ds, state.consumed_samples, cycle=False),
-                                        validation_loss if args.eval_interval else None, logger, save, stop_check)
+                                        validation_loss if args.eval_interval else None, logger, save, stop_check,
+                                        timers)
         if args.save and saved_at[0] != state.iteration:
             save(state)  # still under the signal handler: a second SIGTERM does not cut this save short
     finally:
