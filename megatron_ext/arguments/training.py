@@ -73,6 +73,7 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--exit-interval", type=int, default=None,
                    help="save and exit at the first iteration divisible by this")
     g.add_argument("--exit-duration-in-mins", type=float, default=None,
-                   help="save and exit once the run has trained this long (leave time for the save)")
+                   help="save and exit once this many minutes have passed since the process started "
+                        "(leave time for the save)")
     g.add_argument("--check-for-nan-in-loss-and-grad", action=argparse.BooleanOptionalAction, default=True,
                    help="stop, without saving, when the loss or gradient norm is NaN/Inf (default: on)")

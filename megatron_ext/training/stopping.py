@@ -13,6 +13,7 @@ import math
 import signal
 import time
 
+import psutil
 import torch
 import torch.distributed as dist
 
@@ -48,13 +49,14 @@ class StopCheck:
     def __init__(self, args, device: torch.device):
         self.args = args
         self.device = device
-        self.start = time.monotonic()
+        # From the process start, as Megatron-LM counts it: loading a large checkpoint takes minutes too.
+        self.start = psutil.Process().create_time()
         self.signals = SignalFlag() if args.exit_signal_handler else None
 
     def after_step(self, iteration: int, loss: float | None, grad_norm) -> str | None:
         args = self.args
         time_up = (args.exit_duration_in_mins is not None
-                   and time.monotonic() - self.start >= 60 * args.exit_duration_in_mins)
+                   and time.time() - self.start >= 60 * args.exit_duration_in_mins)
         received = self.signals.received if self.signals else None
         check = args.check_for_nan_in_loss_and_grad
         # loss is None off the last pipeline stage, grad_norm None when fp16 skipped an overflowing step.
