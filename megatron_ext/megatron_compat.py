@@ -41,11 +41,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 from multiprocessing.managers import SyncManager
 from typing import Sequence
 
 import torch
+
+from megatron_ext.training.stopping import ignore_exit_signals
 
 logger = logging.getLogger("megatron_ext.data.datasets")  # the warnings keep the logger they had
 
@@ -149,11 +150,6 @@ def distributed_optimizer_step_fix(optimizer):
 #   docs/reliability.md's SIGTERM tests.
 # ---------------------------------------------------------------------------------------------------
 
-def _ignore_exit_signals() -> None:
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
-
-
 def start_write_results_queue() -> None:
     """megatron-core 0.16.1's torch_dist writer starts a multiprocessing Manager on the first save and
     reuses it for every later one. Slurm's SIGTERM (and Ctrl-C's SIGINT) reach that process too, and
@@ -163,7 +159,7 @@ def start_write_results_queue() -> None:
 
     if filesystem_async._results_queue is None:
         manager = SyncManager(ctx=torch.multiprocessing.get_context("spawn"))
-        manager.start(initializer=_ignore_exit_signals)
+        manager.start(initializer=ignore_exit_signals)
         filesystem_async._results_queue = manager.Queue()  # the proxy keeps the manager alive
 
 

@@ -13,6 +13,8 @@ import os
 
 import torch.distributed as dist
 
+from megatron_ext.checkpoint.paths import write_text_atomic
+
 CHECKSUM_FILE = "checksums.sha256"
 
 
@@ -51,12 +53,7 @@ def write_checksums(directory: str) -> None:
     failure = None
     if rank == 0:
         try:
-            tmp = os.path.join(directory, CHECKSUM_FILE + ".tmp")
-            with open(tmp, "w") as f:
-                f.writelines(f"{sums[n]}  {n}\n" for n in names)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, os.path.join(directory, CHECKSUM_FILE))
+            write_text_atomic(os.path.join(directory, CHECKSUM_FILE), "".join(f"{sums[n]}  {n}\n" for n in names))
         except OSError as exc:
             failure = exc
     failures = _gather(failure)

@@ -7,11 +7,11 @@ exactly, and DP layouts see the same global batches as the single-process run.
 
 from __future__ import annotations
 
-import signal
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from megatron_ext.training.stopping import ignore_exit_signals
 
 
 class PretrainingSampler:
@@ -37,13 +37,6 @@ def _collate(samples: list[dict]) -> dict:
     return {key: torch.as_tensor(np.stack([s[key] for s in samples])) for key in samples[0]}
 
 
-def _ignore_exit_signals(worker_id: int) -> None:
-    """Slurm signals every process of a job step, loader workers included; a worker killed by it would
-    fail the step that --exit-signal-handler lets finish. The trainer shuts its workers down itself."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
-
-
 def micro_batches(dataset: Dataset, consumed_samples: int, micro_batch_size: int, dp_rank: int,
                   dp_size: int, num_workers: int = 0, cycle: bool = False):
     """Iterator of micro-batch dicts; `cycle` restarts at sample 0 when exhausted (evaluation)."""
@@ -54,7 +47,8 @@ def micro_batches(dataset: Dataset, consumed_samples: int, micro_batch_size: int
                              f"{micro_batch_size} x {dp_size} from sample {consumed_samples}")
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
                             collate_fn=_collate, persistent_workers=False,
-                            worker_init_fn=_ignore_exit_signals if num_workers else None)
+                            # a worker killed by Slurm's SIGTERM would fail the step --exit-signal-handler finishes
+                            worker_init_fn=ignore_exit_signals if num_workers else None)
         yield from loader
         if not cycle:
             return

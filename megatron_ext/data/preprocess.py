@@ -179,13 +179,10 @@ def _gzip_lines(path: str, raw) -> Iterator[tuple[int, bytes]]:
     except EOFError as err:
         raise PreprocessError(f"{path}: truncated (the compressed stream ends mid-stream after line "
                               f"{lineno}); copy or download it again (`gzip -t` checks a file)") from err
-    except gzip.BadGzipFile as err:
+    except (gzip.BadGzipFile, zlib.error) as err:
         if lineno == 0 and str(err).startswith("Not a gzipped file"):
             raise PreprocessError(f"{path}: not a gzip file; if it holds plain JSON lines, name it "
                                   ".jsonl") from err
-        raise PreprocessError(f"{path}: corrupt gzip data after line {lineno} ({err}); copy or "
-                              "download it again (`gzip -t` checks a file)") from err
-    except zlib.error as err:
         raise PreprocessError(f"{path}: corrupt gzip data after line {lineno} ({err}); copy or "
                               "download it again (`gzip -t` checks a file)") from err
 

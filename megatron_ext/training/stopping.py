@@ -20,6 +20,13 @@ import torch.distributed as dist
 EXIT_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+def ignore_exit_signals(*_) -> None:
+    """For helper processes (data-loader workers, megatron-core's checkpoint writer): Slurm signals every
+    process of a job step, and the trainer needs them alive for the save on its way out; it ends them."""
+    for sig in EXIT_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class NonFiniteError(SystemExit):
     """Training produced NaN/Inf: stop before anything from this iteration is saved."""
 
