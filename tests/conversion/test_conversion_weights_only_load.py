@@ -18,11 +18,14 @@ SEQ, ITERS = 32, 4
 # What a half-precision forward may differ by from transformers' fp32 forward of the same weights; a
 # freshly initialised model's loss on this sequence differs from the source model's by far more.
 TOLERANCE = {"bf16": 0.05, "fp16": 0.01}
-RUNS = {  # name -> (precision flag, load flags)
-    "bf16": ("--bf16", []),
-    "bf16-finetune": ("--bf16", ["--finetune"]),
-    "bf16-no-load-optim": ("--bf16", ["--no-load-optim"]),
-    "fp16": ("--fp16", ["--initial-loss-scale", 1]),
+RUNS = {  # name -> (precision flag, other flags, processes)
+    "bf16": ("--bf16", [], 1),
+    "bf16-finetune": ("--bf16", ["--finetune"], 1),
+    "bf16-no-load-optim": ("--bf16", ["--no-load-optim"], 1),
+    "fp16": ("--fp16", ["--initial-loss-scale", 1], 1),
+    # The GPU configuration: DP2, distributed optimizer (its own main-param shards), both overlaps.
+    "bf16-dp2-distributed-optimizer": ("--bf16", ["--use-distributed-optimizer", "--overlap-grad-reduce",
+                                                  "--overlap-param-gather", "--global-batch-size", 2], 2),
 }
 
 
@@ -70,8 +73,8 @@ def runs(tmp_path_factory):
     common = ["--load", root / "converted", "--data-path", root / "periodic", "--split", "100,0,0",
               "--seq-length", SEQ, "--micro-batch-size", 1, "--global-batch-size", 1, "--train-iters", ITERS,
               "--lr", 0, "--min-lr", 0, "--lr-decay-style", "constant", "--device", "cpu", "--log-interval", 1]
-    wait_all({name: start_pretrain(common + [precision, "--log-json", root / f"{name}.jsonl"] + flags)
-              for name, (precision, flags) in RUNS.items()})
+    wait_all({name: start_pretrain(common + [precision, "--log-json", root / f"{name}.jsonl"] + flags, nproc=nproc)
+              for name, (precision, flags, nproc) in RUNS.items()})
     losses = {name: read_losses(root / f"{name}.jsonl") for name in RUNS}
     return losses, expected
 
