@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-format", choices=FORMATS, default=None,
                         help="the checkpoint's architecture (default: from config.json's model_type)")
     parser.add_argument("--overwrite", action="store_true", help="replace --save if it exists")
-    parser.add_argument("--make-vocab-size-divisible-by", type=int, default=128,
-                        help="pad the vocabulary to this multiple, as pretrain_llama.py's flag (default 128)")
+    parser.add_argument("--make-vocab-size-divisible-by", type=int, default=None,
+                        help="pad the vocabulary to this multiple, as pretrain_llama.py's flag (default: what an "
+                             "export of this project recorded in config.json, else 128)")
     parser.add_argument("--dtype", choices=DTYPES, default=None,
                         help="store the weights in this precision (default: the Hugging Face checkpoint's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -53,9 +53,9 @@ def vocabulary_size(args) -> int:
 
 
 def shape(args) -> dict:
-    from megatron_ext.models.presets import preset
+    from megatron_ext.models.presets import preset_flags
 
-    s = preset(args.preset or ("tiny-crystal" if args.arch == "crystalcoder" else "tiny"))
+    s = preset_flags(args.preset or ("tiny-crystal" if args.arch == "crystalcoder" else "tiny"))
     for key in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "seq_length"):
         if getattr(args, key) is not None:
             s[key] = getattr(args, key)

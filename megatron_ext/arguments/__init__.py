@@ -1,12 +1,15 @@
 """Command-line flags of pretrain_llama.py: Megatron-LM's names, grouped by concern.
 
-parse_args() applies --model-preset (and, with --load, the checkpoint's model flags) as defaults,
-so any explicit flag overrides them, then validates the layout before any process group exists.
+parse_args() applies --model-preset (and, with --load, the checkpoint's model identity) as defaults,
+so any explicit flag overrides them, maps the model flags onto one ModelIdentity (`args.model_identity`;
+the individual model flags are removed from the namespace, so nothing reads a stale copy), then
+validates the layout before any process group exists.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -19,7 +22,8 @@ from megatron_ext.arguments.mup import add_mup_args
 from megatron_ext.arguments.parallel import add_parallel_args
 from megatron_ext.arguments.training import add_training_args
 from megatron_ext.arguments.validate import fill_defaults, validate
-from megatron_ext.models.presets import preset
+from megatron_ext.models.identity import ModelIdentity, model_flag_names
+from megatron_ext.models.presets import preset_flags
 
 ARG_GROUPS = (add_model_args, add_parallel_args, add_training_args, add_data_args,
               add_checkpoint_args, add_logging_args, add_mup_args)
@@ -49,11 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str] | None = None, world_size: int | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, world_size: int | None = None,
+               defaults: dict | None = None) -> argparse.Namespace:
+    """defaults: extra flag defaults (argparse destinations) below the preset's, e.g. a ModelIdentity's
+    as_flags() to build the run of a model held in memory."""
     parser = build_parser()
     args = parser.parse_args(argv)  # unknown flags stop here with argparse's message
-    # Precedence: explicit flag > the model flags of the checkpoint being loaded > preset > default.
-    defaults = preset(args.model_preset) if args.model_preset else {}
+    # Precedence: explicit flag > the model flags of the checkpoint being loaded > preset > given defaults.
+    defaults = dict(defaults or {})
+    if args.model_preset:
+        defaults.update(preset_flags(args.model_preset))
     if args.load:
         defaults.update(checkpoint_model_flags(args.load))
         given = sys.argv[1:] if argv is None else [str(a) for a in argv]
@@ -64,7 +73,18 @@ def parse_args(argv: list[str] | None = None, world_size: int | None = None) -> 
         parser.set_defaults(**defaults)
         args = parser.parse_args(argv)
     fill_defaults(args)
+    identity = ModelIdentity.from_flags(args)
+    for name in model_flag_names():
+        delattr(args, name)
+    args.model_identity = identity
     if world_size is None:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
     validate(args, world_size)
     return args
+
+
+def flat_flags(args: argparse.Namespace) -> dict:
+    """Every setting of the run as one flat dict (the model identity's fields among the flags), for
+    TensorBoard's arguments table and W&B's config."""
+    flags = {k: v for k, v in vars(args).items() if k != "model_identity"}
+    return {**flags, **dataclasses.asdict(args.model_identity)}

@@ -1,5 +1,5 @@
-"""Model flags recorded in a checkpoint become defaults when resuming it with --load, so a user (or a
-converted HuggingFace checkpoint) need not repeat them. Explicit flags still win."""
+"""The model identity recorded in a checkpoint becomes the flags' defaults when resuming it with --load,
+so a user (or a converted HuggingFace checkpoint) need not repeat them. Explicit flags still win."""
 
 from __future__ import annotations
 
@@ -8,23 +8,19 @@ import os
 import torch
 
 from megatron_ext.checkpoint.paths import existing_iteration_dir
+from megatron_ext.models.identity import ModelIdentity
 
-# Flags that describe the model, not the run.
-MODEL_FLAGS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "group_query_attention",
-               "num_query_groups", "kv_channels", "max_position_embeddings", "seq_length", "normalization",
-               "norm_epsilon", "add_bias_linear", "add_qkv_bias", "rotary_percent", "rotary_base",
-               "rotary_interleaved", "tie_embeddings", "vocab_size", "make_vocab_size_divisible_by",
-               "init_method_std", "use_mup", "mup_base_hidden_size", "mup_width_scale", "mup_base_ffn_hidden_size",
-               "mup_base_num_attention_heads", "mup_embeddings_scale", "mup_output_alpha",
-               "mup_scale_qk_dot_by_d", "mup_base_init_std", "mup_scale_adam_eps")
+# Run flags that a checkpoint also supplies: the context it was trained at, and the --vocab-size its
+# NullTokenizer or mock data used (with a real tokenizer the tokenizer decides the vocabulary).
+RUN_FLAGS = ("seq_length", "vocab_size")
 
 
 # The tokenizer a checkpoint was trained (or imported) with: --load needs no tokenizer flags either.
 TOKENIZER_FLAGS = ("tokenizer_type", "tokenizer_model", "special_tokens", "vocab_pad_to")
 
 
-def _saved_args(root: str) -> dict:
-    """The flags saved in ROOT's latest checkpoint; {} when there is none yet (or it cannot be read:
+def _saved_common(root: str) -> dict:
+    """common.pt of ROOT's latest checkpoint; {} when there is none yet (or it cannot be read:
     load_checkpoint reports the damage with the fix)."""
     latest = os.path.join(root, "latest_checkpointed_iteration.txt")
     if not os.path.isfile(latest):
@@ -34,22 +30,30 @@ def _saved_args(root: str) -> dict:
     if not os.path.isfile(common):
         return {}
     try:
-        return torch.load(common, map_location="cpu", weights_only=True).get("args", {})
+        return torch.load(common, map_location="cpu", weights_only=True)
     except Exception:
         return {}
 
 
 def checkpoint_model_flags(root: str) -> dict:
-    """The model flags saved in ROOT's latest checkpoint; {} when there is none yet."""
-    saved = _saved_args(root)
-    return {key: saved[key] for key in MODEL_FLAGS if saved.get(key) is not None}
+    """The model identity of ROOT's latest checkpoint as flags (plus RUN_FLAGS); {} when there is none yet."""
+    common = _saved_common(root)
+    if not common:
+        return {}
+    saved = common.get("args") or {}
+    flags = {key: saved[key] for key in RUN_FLAGS if saved.get(key) is not None}
+    try:
+        flags.update(ModelIdentity.from_checkpoint(common).as_flags())
+    except SystemExit:
+        pass  # load_checkpoint reports an unreadable identity with the fix
+    return flags
 
 
 def checkpoint_tokenizer_flags(root: str) -> dict:
     """The tokenizer flags saved in ROOT's latest checkpoint. A checkpoint that carries its tokenizer
     (ROOT/tokenizer, as tools/convert_from_hf.py writes) supplies it when the recorded path is gone
     (the checkpoint was copied elsewhere)."""
-    saved = _saved_args(root)
+    saved = _saved_common(root).get("args") or {}
     flags = {key: saved[key] for key in TOKENIZER_FLAGS if saved.get(key) is not None}
     carried = os.path.join(root, "tokenizer")
     if flags.get("tokenizer_model") and not os.path.exists(flags["tokenizer_model"]) and os.path.isdir(carried):

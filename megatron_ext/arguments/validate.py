@@ -14,22 +14,8 @@ class ConfigError(SystemExit):
         super().__init__(f"error: {message}")
 
 
-_MODEL_DEFAULTS = dict(normalization="RMSNorm", norm_epsilon=1e-5, add_bias_linear=False, add_qkv_bias=None,
-                       rotary_percent=1.0, rotary_base=10000.0, rotary_interleaved=False, tie_embeddings=False,
-                       group_query_attention=False, init_method_std=0.02, use_mup=False,
-                       mup_scale_qk_dot_by_d=False, mup_scale_adam_eps=False)
-
-
 def fill_defaults(args: argparse.Namespace) -> None:
-    for key, value in _MODEL_DEFAULTS.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    if args.add_qkv_bias is None:
-        args.add_qkv_bias = args.add_bias_linear
-    if args.hidden_size and args.num_attention_heads and args.kv_channels is None:
-        args.kv_channels = args.hidden_size // args.num_attention_heads
-    if not args.group_query_attention:
-        args.num_query_groups = args.num_attention_heads
+    """Run flags whose default depends on other flags (the model's own defaults live in ModelIdentity)."""
     if args.max_position_embeddings is None:
         args.max_position_embeddings = args.seq_length
     if args.tensor_model_parallel_size == 1:
@@ -45,9 +31,9 @@ def fill_defaults(args: argparse.Namespace) -> None:
 
 
 def validate(args: argparse.Namespace, world_size: int) -> None:
-    for flag in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "seq_length"):
-        if getattr(args, flag) is None:
-            raise ConfigError(f"--{flag.replace('_', '-')} is not set: pass it or choose a --model-preset")
+    """Checks of the run against its model (args.model_identity, which checked itself when built)."""
+    if args.seq_length is None:
+        raise ConfigError("--seq-length is not set: pass it or choose a --model-preset")
     _validate_layout(args, world_size)
     _validate_schedule(args)
     _validate_misc(args)
@@ -60,27 +46,28 @@ def _validate_layout(args, world_size: int) -> None:
         raise ConfigError(f"world size {world_size} is not divisible by TP x PP = {tp} x {pp}: "
                           "change --tensor-model-parallel-size / --pipeline-model-parallel-size or the process count")
     args.data_parallel_size = world_size // (tp * pp)
-    heads, groups = args.num_attention_heads, args.num_query_groups
+    model = args.model_identity
+    heads, groups = model.num_attention_heads, model.num_query_groups
     if heads % tp:
         raise ConfigError(f"--num-attention-heads {heads} is not divisible by --tensor-model-parallel-size {tp}")
     if groups % tp or heads % groups:
         raise ConfigError(f"--num-query-groups {groups} must divide --num-attention-heads {heads} "
                           f"and be divisible by --tensor-model-parallel-size {tp}")
-    if args.ffn_hidden_size % tp:
-        raise ConfigError(f"--ffn-hidden-size {args.ffn_hidden_size} is not divisible by TP {tp}")
-    if args.num_layers % pp:
-        raise ConfigError(f"--num-layers {args.num_layers} is not divisible by "
+    if model.ffn_hidden_size % tp:
+        raise ConfigError(f"--ffn-hidden-size {model.ffn_hidden_size} is not divisible by TP {tp}")
+    if model.num_layers % pp:
+        raise ConfigError(f"--num-layers {model.num_layers} is not divisible by "
                           f"--pipeline-model-parallel-size {pp}")
     vstage = args.num_layers_per_virtual_pipeline_stage
     args.virtual_pipeline_model_parallel_size = None
     if vstage is not None:
-        per_stage = args.num_layers // pp
+        per_stage = model.num_layers // pp
         if pp < 2 or per_stage % vstage:
             raise ConfigError(f"--num-layers-per-virtual-pipeline-stage {vstage} needs PP > 1 and must divide "
                               f"the {per_stage} layers of each pipeline stage")
         args.virtual_pipeline_model_parallel_size = per_stage // vstage
-    if args.make_vocab_size_divisible_by % tp:
-        raise ConfigError(f"--make-vocab-size-divisible-by {args.make_vocab_size_divisible_by} must be a "
+    if model.make_vocab_size_divisible_by % tp:
+        raise ConfigError(f"--make-vocab-size-divisible-by {model.make_vocab_size_divisible_by} must be a "
                           f"multiple of TP {tp} so the vocabulary splits evenly")
     if args.sequence_parallel and args.seq_length % tp:
         raise ConfigError(f"--sequence-parallel needs --seq-length {args.seq_length} divisible by TP {tp}")
@@ -177,10 +164,6 @@ def _validate_misc(args) -> None:
         raise ConfigError("--overlap-param-gather needs --overlap-grad-reduce (as in Megatron-LM): add it")
     if args.bf16 and args.fp16:
         raise ConfigError("--bf16 and --fp16 are exclusive: pick one")
-    rotary_dim = args.kv_channels * args.rotary_percent
-    if rotary_dim != int(rotary_dim) or int(rotary_dim) % 2:
-        raise ConfigError(f"--rotary-percent {args.rotary_percent} of head dim {args.kv_channels} "
-                          "must give an even whole number of channels")
     if args.save_interval and not args.save:
         raise ConfigError("--save-interval needs --save DIR")
     if not args.data_path and not args.mock_data:
@@ -188,8 +171,6 @@ def _validate_misc(args) -> None:
                           "or --mock-data")
     if args.kernels == "triton" and args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ConfigError("--kernels triton on --device cpu needs TRITON_INTERPRET=1 in the environment")
-    if args.use_mup and not (args.mup_base_hidden_size or args.mup_width_scale):
-        raise ConfigError("--use-mup needs --mup-base-hidden-size or --mup-width-scale")
     if args.tokenizer_type != "NullTokenizer" and not args.mock_data and not args.tokenizer_model:
         raise ConfigError(f"--tokenizer-type {args.tokenizer_type} needs --tokenizer-model")
 

@@ -40,12 +40,13 @@ from torch.distributed.checkpoint.planner import TensorWriteData, WriteItem, Wri
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
 from megatron_ext.checkpoint import hf_crystalcoder, hf_llama
-from megatron_ext.checkpoint.hf_arch import (LINEAR_MODULES, MODEL_FLAGS, Arch, ConversionError, Group,
-                                             expect_shape, meta_tensors, padded_vocab_size)
+from megatron_ext.checkpoint.hf_arch import (LINEAR_MODULES, ConversionError, Group, expect_shape, groups,
+                                             meta_tensors, restore_identity)
 from megatron_ext.checkpoint.hf_files import (HFWeights, SafetensorsStreamWriter, auto_map_modules,
                                               copy_remote_code, copy_tokenizer, plan_shards, read_json)
 from megatron_ext.checkpoint.integrity import IntegrityError, verify_checksums, write_checksums
 from megatron_ext.checkpoint.paths import LATEST_FILE, iteration_dir, read_latest_iteration, write_text_atomic
+from megatron_ext.models.identity import CHECKPOINT_KEY, ModelIdentity
 
 FORMATS = {hf_llama.NAME: hf_llama, hf_crystalcoder.NAME: hf_crystalcoder}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -339,12 +340,12 @@ def pick_format(config: dict, requested: str | None):
                           f"{', '.join(FORMATS)} checkpoints")
 
 
-def _check_hf_tensors(fmt, arch: Arch, weights: HFWeights) -> torch.dtype:
+def _check_hf_tensors(fmt, identity: ModelIdentity, weights: HFWeights) -> torch.dtype:
     """Names and shapes of every HF tensor against config.json, before anything is written.
     The expected ones come from the export map run on shape-only tensors (one source of truth)."""
     expected = {}
-    for group in arch.groups():
-        expected.update({n: tuple(t.shape) for n, t in fmt.to_hf(group, arch, meta_tensors(group.shapes)).items()})
+    for group in groups(identity):
+        expected.update({n: tuple(t.shape) for n, t in fmt.to_hf(group, identity, meta_tensors(group.shapes)).items()})
     missing = [n for n in expected if n not in weights]
     if missing:
         raise ConversionError(f"{len(missing)} tensors that config.json implies are not in {weights.directory} "
@@ -355,7 +356,7 @@ def _check_hf_tensors(fmt, arch: Arch, weights: HFWeights) -> torch.dtype:
             raise ConversionError(f"{name} in {weights.directory} has shape {list(weights.shape(name))}, but "
                                   f"config.json implies {list(shape)}. The weights and config.json disagree: use "
                                   "the config.json saved with these weights")
-    unknown = [n for n in weights.names() if n not in expected and not fmt.ignorable(n, arch)]
+    unknown = [n for n in weights.names() if n not in expected and not fmt.ignorable(n, identity)]
     if unknown:
         raise ConversionError(f"{len(unknown)} tensors in {weights.directory} have no place in the {fmt.NAME} "
                               f"architecture (first: {', '.join(unknown[:3])}); the model has parts this "
@@ -365,28 +366,28 @@ def _check_hf_tensors(fmt, arch: Arch, weights: HFWeights) -> torch.dtype:
 
 
 def hf_to_megatron(hf_dir: str, save: str, model_format: str | None = None, overwrite: bool = False,
-                   make_vocab_size_divisible_by: int = 128, dtype: torch.dtype | None = None,
+                   make_vocab_size_divisible_by: int | None = None, dtype: torch.dtype | None = None,
                    progress: bool = True) -> str:
-    """Write a torch_dist checkpoint (iteration 0, model only) at `save`; returns its iteration dir."""
+    """Write a torch_dist checkpoint (iteration 0, model only) at `save`; returns its iteration dir.
+    make_vocab_size_divisible_by: None keeps what an export recorded, else 128."""
     if not os.path.isdir(hf_dir):
         raise ConversionError(f"--hf {hf_dir} is not a directory; pass the Hugging Face checkpoint directory")
     config = read_json(os.path.join(hf_dir, "config.json"), "config file")
     fmt = pick_format(config, model_format)
-    args = fmt.megatron_args(config)
-    args.update(make_vocab_size_divisible_by=make_vocab_size_divisible_by,
-                padded_vocab_size=padded_vocab_size(args["vocab_size"], make_vocab_size_divisible_by),
-                seq_length=args["max_position_embeddings"], position_embedding_type="rope", swiglu=True)
-    args = {k: args.get(k) for k in MODEL_FLAGS if k in args}
-    arch = Arch.from_args(args)
+    identity = restore_identity(fmt.identity_from_config(config), config, fmt.EXPRESSED)
+    if make_vocab_size_divisible_by:
+        identity = identity.replace(make_vocab_size_divisible_by=make_vocab_size_divisible_by)
     weights = HFWeights(hf_dir)
-    stored_dtype = _check_hf_tensors(fmt, arch, weights)
+    stored_dtype = _check_hf_tensors(fmt, identity, weights)
     dtype = dtype or stored_dtype
     generation = os.path.join(hf_dir, "generation_config.json")
-    # Provenance and the HF-only config fields (token ids, ...), so an export can restore them.
-    args.update(hf_model_format=fmt.NAME, hf_config=json.dumps(config, sort_keys=True),
+    # The run flags a --load of it needs, provenance, and the HF-only config fields (token ids, ...) an
+    # export restores.
+    args = dict(vocab_size=identity.vocab_size, seq_length=identity.max_position_embeddings,
+                hf_model_format=fmt.NAME, hf_config=json.dumps(config, sort_keys=True),
                 hf_generation_config=(json.dumps(read_json(generation, "generation config"), sort_keys=True)
                                       if os.path.isfile(generation) else None))
-    groups = arch.groups()
+    tensor_groups = groups(identity)
     with staged_output(save, overwrite) as tmp:
         tokenizer_files = copy_tokenizer(hf_dir, os.path.join(tmp, "tokenizer"))
         if tokenizer_files:
@@ -399,15 +400,16 @@ def hf_to_megatron(hf_dir: str, save: str, model_format: str | None = None, over
         if missing:
             print(f"warning: config.json's auto_map names {', '.join(missing)}, not in {hf_dir}; an export of "
                   "this checkpoint needs them to load with trust_remote_code=True", file=sys.stderr)
-        common = {"iteration": 0, "consumed_samples": 0, "checkpoint_version": 1, "args": args}
-        with _progress(len(groups), "HF -> Megatron", progress) as bar:
+        common = {"iteration": 0, "consumed_samples": 0, "checkpoint_version": 1, "args": args,
+                  CHECKPOINT_KEY: identity.to_checkpoint()}
+        with _progress(len(tensor_groups), "HF -> Megatron", progress) as bar:
             def produce(group):
-                tensors = fmt.to_megatron(group, arch, weights.get)
+                tensors = fmt.to_megatron(group, identity, weights.get)
                 weights.release()  # a group at a time: do not keep every page read so far mapped
                 bar.update(1)
                 return tensors
 
-            TorchDistWriter(iteration_dir(tmp, 0)).save(groups, produce, dtype, arch.num_layers, common)
+            TorchDistWriter(iteration_dir(tmp, 0)).save(tensor_groups, produce, dtype, identity.num_layers, common)
         write_checksums(iteration_dir(tmp, 0))
         write_text_atomic(os.path.join(tmp, LATEST_FILE), "0")
     return iteration_dir(os.path.abspath(save), 0)
@@ -454,9 +456,13 @@ def _iterations(root: str) -> str:
                                             if re.fullmatch(r"iter_\d{7}", name)))
 
 
-def true_vocab_size(args: dict) -> int | None:
-    """The vocabulary the run used (rows past it are padding). Imports record it; training runs
-    record the tokenizer, which decides it (as pretrain_llama.py's build_vocab does)."""
+def true_vocab_size(common: dict) -> int | None:
+    """The vocabulary the run used (rows past it are padding). The model identity records it; checkpoints
+    older than the identity record it for imports, and for training runs the tokenizer decides it (as
+    pretrain_llama.py's build_vocab does)."""
+    if common.get(CHECKPOINT_KEY):
+        return common[CHECKPOINT_KEY].get("vocab_size")
+    args = common["args"]
     if args.get("hf_config") and args.get("vocab_size"):
         return args["vocab_size"]
     try:
@@ -477,35 +483,42 @@ def megatron_to_hf(load: str, out: str, iteration: int | None = None, dtype: tor
     except IntegrityError as exc:
         raise ConversionError(str(exc)) from None
     args = common["args"]
-    vocab = vocab_size or true_vocab_size(args)
+    vocab = vocab_size or true_vocab_size(common)
     if not vocab:
         raise ConversionError("cannot tell the vocabulary size (the run's tokenizer is not available); pass "
                               "--vocab-size N")
-    arch = Arch.from_args(args, vocab)
-    if vocab > arch.padded_vocab_size:
-        raise ConversionError(f"vocabulary size {vocab} exceeds the checkpoint's {arch.padded_vocab_size} rows; "
+    try:
+        stored = ModelIdentity.from_checkpoint(common)
+    except SystemExit as exc:
+        raise ConversionError(f"{directory}/common.pt: {str(exc).removeprefix('error: ')}") from None
+    rows = stored.padded_vocab_size if stored.vocab_size else None
+    if rows and vocab > rows:
+        raise ConversionError(f"vocabulary size {vocab} exceeds the checkpoint's {rows} rows; "
                               "pass the --vocab-size of the tokenizer the model was trained with")
-    fmt = FORMATS[model_format or (hf_llama.NAME if not arch.layer_norm else hf_crystalcoder.NAME)]
-    fmt.check_exportable(arch)
+    identity = stored.replace(vocab_size=vocab)
+    if rows and identity.padded_vocab_size != rows:  # a smaller --vocab-size: keep the stored rows' padding
+        identity = identity.replace(make_vocab_size_divisible_by=rows)
+    fmt = FORMATS[model_format or (hf_llama.NAME if not identity.layer_norm else hf_crystalcoder.NAME)]
+    fmt.check_exportable(identity)
     reader = TorchDistReader(directory)
-    groups = arch.groups()
-    stored = reader.check(groups, arch.num_layers)
-    dtype = dtype or stored
+    tensor_groups = groups(identity)
+    stored_dtype = reader.check(tensor_groups, identity.num_layers)
+    dtype = dtype or stored_dtype
     # Plan every output tensor from shapes alone, so shard headers can be written before the data.
     entries, sizes = [], []
-    for group in groups:
-        planned = fmt.to_hf(group, arch, meta_tensors(group.shapes, stored))
+    for group in tensor_groups:
+        planned = fmt.to_hf(group, identity, meta_tensors(group.shapes, stored_dtype))
         entries += [(name, tuple(t.shape), dtype) for name, t in planned.items()]
         sizes.append(len(planned))
     with staged_output(out, overwrite) as tmp:
         writer = SafetensorsStreamWriter(tmp, plan_shards(entries, sizes, max_shard_bytes))
-        with _progress(len(groups), "Megatron -> HF", progress) as bar:
-            for group in groups:
-                for name, tensor in fmt.to_hf(group, arch, reader.read(group, arch.num_layers)).items():
+        with _progress(len(tensor_groups), "Megatron -> HF", progress) as bar:
+            for group in tensor_groups:
+                for name, tensor in fmt.to_hf(group, identity, reader.read(group, identity.num_layers)).items():
                     writer.write(name, tensor.to(dtype))
                 bar.update(1)
         writer.close()
-        fmt.write_config(arch, tmp, dtype)
+        fmt.write_config(identity, {k: v for k, v in args.items() if k.startswith("hf_")}, tmp, dtype)
         _export_tokenizer(load, args, tmp)
         _export_remote_code(load, args, tmp, os.path.abspath(out))
     return os.path.abspath(out)

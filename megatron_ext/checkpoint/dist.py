@@ -23,11 +23,8 @@ from megatron_ext.checkpoint.integrity import IntegrityError, verify_checksums, 
 from megatron_ext.checkpoint.paths import (LATEST_FILE, CheckpointError, existing_iteration_dir,
                                            has_checkpoint, iteration_dir, read_latest_iteration, write_text_atomic)
 from megatron_ext.checkpoint.rng import capture_rng_state, restore_rng_state
+from megatron_ext.models.identity import CHECKPOINT_KEY, ModelIdentity
 
-# Flags that fix tensor shapes or semantics: a checkpoint loads only if these agree.
-MODEL_KEYS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
-              "kv_channels", "normalization", "add_bias_linear", "add_qkv_bias", "tie_embeddings",
-              "padded_vocab_size")
 LAYOUT_KEYS = ("tensor_model_parallel_size", "pipeline_model_parallel_size",
                "virtual_pipeline_model_parallel_size", "data_parallel_size")
 
@@ -67,7 +64,7 @@ def finish_param_sync(model) -> None:
             chunk.start_param_sync(force_sync=True)
 
 
-def save_checkpoint(root: str, model, optimizer, scheduler, train_state, args) -> str:
+def save_checkpoint(root: str, model, optimizer, scheduler, train_state, args, identity: ModelIdentity) -> str:
     finish_param_sync(model)
     megatron_compat.start_write_results_queue()
     final = iteration_dir(root, train_state.iteration)
@@ -79,7 +76,7 @@ def save_checkpoint(root: str, model, optimizer, scheduler, train_state, args) -
     dist.barrier()
     state = _sharded_state(model, optimizer, scheduler, is_loading=False, with_optimizer=True, with_rng=True)
     state.update(iteration=train_state.iteration, consumed_samples=train_state.consumed_samples,
-                 args=saved_args(args), checkpoint_version=1)
+                 args=saved_args(args), checkpoint_version=1, **{CHECKPOINT_KEY: identity.to_checkpoint()})
     try:
         dist_checkpointing.save(state, tmp)
         write_checksums(tmp)
@@ -130,41 +127,40 @@ def read_checkpoint_args(root: str, iteration: int | None = None) -> tuple[int, 
     return iteration, common
 
 
-def model_difference(saved: dict, args) -> str | None:
-    """The first shape-fixing flag on which a checkpoint's saved args and this run disagree."""
-    for key in MODEL_KEYS:
-        if key in saved and saved[key] != getattr(args, key, None):
-            return f"{key}={saved[key]!r} but this run has {getattr(args, key, None)!r}"
+def model_difference(common: dict, identity: ModelIdentity) -> str | None:
+    """The first shape-fixing field on which a checkpoint's model and this run's disagree."""
+    for field, saved, ours in ModelIdentity.from_checkpoint(common).shape_differences(identity):
+        return f"{field}={saved!r} but this run has {ours!r}"
     return None
 
 
-def check_compatible(saved: dict, args, path: str) -> None:
-    difference = model_difference(saved, args)
+def check_compatible(common: dict, identity: ModelIdentity, path: str) -> None:
+    difference = model_difference(common, identity)
     if difference:
         hint = (" (the tokenizer's vocabulary does not match the checkpoint's: use the tokenizer the "
                 "checkpoint was trained with)" if difference.startswith("padded_vocab_size") else "")
         raise CheckpointError(f"checkpoint {path} has {difference}{hint}")
 
 
-def check_save_target(root: str, args) -> None:
+def check_save_target(root: str, args, identity: ModelIdentity) -> None:
     """Refuse to mix another model's checkpoints into --save (unless --overwrite): its latest iteration
     must have this run's shapes. Resuming (--load ROOT) is checked the same way when it loads."""
     resuming_it = args.load and os.path.realpath(args.load) == os.path.realpath(root)
     if args.overwrite or resuming_it or not has_checkpoint(root):
         return
     _, common = read_checkpoint_args(root)
-    difference = model_difference(common.get("args", {}), args)
+    difference = model_difference(common, identity)
     if difference:
         raise CheckpointError(f"--save {root} holds a checkpoint of a different model (its {difference}); "
                               "saving there would replace it. Pass another --save, or --overwrite to replace it")
 
 
-def load_checkpoint(root: str, model, optimizer, scheduler, args):
+def load_checkpoint(root: str, model, optimizer, scheduler, args, identity: ModelIdentity):
     """Restore into built model/optimizer/scheduler; returns (iteration, consumed_samples)."""
     iteration, common = read_checkpoint_args(root)
     path = existing_iteration_dir(root, iteration)
     saved = common.get("args", {})
-    check_compatible(saved, args, path)
+    check_compatible(common, identity, path)
     # --finetune, or a checkpoint with weights only (as tools/convert_from_hf.py writes).
     weights_only = args.finetune or "opt_param_scheduler" not in common
     same_layout = all(saved.get(k) == getattr(args, k, None) for k in LAYOUT_KEYS)

@@ -16,8 +16,9 @@ import json
 
 import torch
 
-from megatron_ext.checkpoint.hf_arch import (Arch, ConversionError, Group, half_split_to_interleaved, pack_qkv,
-                                             pad_vocab, permute_head_channels, unpack_qkv)
+from megatron_ext.checkpoint.hf_arch import (IDENTITY_KEY, ConversionError, Group, half_split_to_interleaved,
+                                             pack_qkv, pad_vocab, permute_head_channels, unpack_qkv)
+from megatron_ext.models.identity import ModelIdentity
 
 NAME = "crystalcoder"
 PUBLISHED_ROTARY_BASE = 10000.0  # fixed in the published modeling code
@@ -32,7 +33,15 @@ def matches(config: dict) -> bool:
         a.startswith("CrystalCoder") for a in (config.get("architectures") or []))
 
 
-def megatron_args(config: dict) -> dict:
+# Identity fields config.json states itself (μP's multipliers included); the μP bases, init std and
+# vocabulary padding come back from the identity an export recorded (hf_arch.IDENTITY_KEY).
+EXPRESSED = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+             "kv_channels", "normalization", "norm_epsilon", "add_bias_linear", "add_qkv_bias", "rotary_percent",
+             "rotary_base", "rotary_interleaved", "tie_embeddings", "vocab_size", "max_position_embeddings",
+             "use_mup", "mup_width", "mup_embeddings_scale", "mup_output_alpha", "attention_scores_by_d")
+
+
+def identity_from_config(config: dict) -> ModelIdentity:
     def refuse(field, value, why):
         raise ConversionError(f"config.json has {field}={value!r}: {why}; the Megatron model cannot reproduce it")
 
@@ -51,61 +60,60 @@ def megatron_args(config: dict) -> dict:
     emb, alpha = float(config.get("mup_embeddings_scale", 1.0)), float(config.get("mup_output_alpha", 1.0))
     qk_by_d = bool(config.get("mup_scale_qk_dot_by_d", False))
     use_mup = qk_by_d or emb != 1.0 or alpha * width != 1.0
-    args = dict(
-        num_layers=config["n_layer"], hidden_size=hidden, ffn_hidden_size=config.get("n_inner") or 4 * hidden,
-        num_attention_heads=heads, group_query_attention=False, num_query_groups=heads, kv_channels=head_dim,
-        normalization="LayerNorm", norm_epsilon=config.get("layer_norm_epsilon", 1e-5), add_bias_linear=True,
-        add_qkv_bias=True, rotary_percent=rotary_dim / head_dim, rotary_base=PUBLISHED_ROTARY_BASE,
-        rotary_interleaved=True, tie_embeddings=bool(config.get("tie_word_embeddings", True)),
-        vocab_size=config["vocab_size"], max_position_embeddings=config.get("n_positions", 2048), use_mup=use_mup,
-    )
+    mup = {}
     if use_mup:
         base = width * hidden
-        args.update(mup_width_scale=width, mup_embeddings_scale=emb, mup_output_alpha=alpha,
-                    mup_scale_qk_dot_by_d=qk_by_d)
-        if abs(base - round(base)) < 1e-6 * max(1.0, base):
-            args["mup_base_hidden_size"] = int(round(base))
-    return args
+        integral = abs(base - round(base)) < 1e-6 * max(1.0, base)
+        mup = dict(use_mup=True, mup_embeddings_scale=emb, mup_output_alpha=alpha, mup_scale_qk_dot_by_d=qk_by_d,
+                   **({"mup_base_hidden_size": int(round(base))} if integral else {"mup_width_scale": width}))
+    return ModelIdentity(
+        num_layers=config["n_layer"], hidden_size=hidden, ffn_hidden_size=config.get("n_inner") or 4 * hidden,
+        num_attention_heads=heads, num_query_groups=heads, kv_channels=head_dim, normalization="LayerNorm",
+        norm_epsilon=config.get("layer_norm_epsilon", 1e-5), add_bias_linear=True, add_qkv_bias=True,
+        rotary_percent=rotary_dim / head_dim, rotary_base=PUBLISHED_ROTARY_BASE, rotary_interleaved=True,
+        tie_embeddings=bool(config.get("tie_word_embeddings", True)), vocab_size=config["vocab_size"],
+        max_position_embeddings=config.get("n_positions", 2048), **mup,
+    )
 
 
-def check_exportable(arch: Arch) -> None:
-    if not arch.layer_norm:
+def check_exportable(identity: ModelIdentity) -> None:
+    if not identity.layer_norm:
         raise ConversionError("CrystalCoder's layout uses LayerNorm with bias; this model uses RMSNorm. Export "
                               "it with --model-format llama")
-    if arch.num_query_groups != arch.num_attention_heads:
+    if identity.num_query_groups != identity.num_attention_heads:
         raise ConversionError("CrystalCoder's fused c_attn has one key/value head per query head; this model uses "
                               "grouped-query attention. Export it with --model-format llama")
-    if arch.rotary_base != PUBLISHED_ROTARY_BASE:
+    if identity.rotary_base != PUBLISHED_ROTARY_BASE:
         raise ConversionError(f"CrystalCoder's published code fixes the RoPE base at 10000; this model uses "
-                              f"{arch.rotary_base:g}")
-    if arch.kv_channels * arch.num_attention_heads != arch.hidden_size:
+                              f"{identity.rotary_base:g}")
+    if identity.kv_channels * identity.num_attention_heads != identity.hidden_size:
         raise ConversionError("CrystalCoder's layout needs head_dim x heads = hidden size (kv_channels is derived)")
 
 
-def ignorable(name: str, arch: Arch) -> bool:
+def ignorable(name: str, identity: ModelIdentity) -> bool:
     # attn.bias / attn.masked_bias: GPT-2's causal-mask buffers, saved by some transformers versions.
-    return name.endswith((".attn.bias", ".attn.masked_bias")) or (arch.tie_embeddings and name == "lm_head.weight")
+    return name.endswith((".attn.bias", ".attn.masked_bias")) or (identity.tie_embeddings and name == "lm_head.weight")
 
 
 # ---- tensors ----------------------------------------------------------------------------------
 
-def to_megatron(group: Group, arch: Arch, get) -> dict:
+def to_megatron(group: Group, identity: ModelIdentity, get) -> dict:
     if group.name == "embedding":
-        return {"embedding.word_embeddings.weight": pad_vocab(get("transformer.wte.weight"), arch.padded_vocab_size)}
+        return {"embedding.word_embeddings.weight": pad_vocab(get("transformer.wte.weight"), identity.padded_vocab_size)}
     if group.name == "final norm":
         return {"decoder.final_layernorm.weight": get("transformer.ln_f.weight"),
                 "decoder.final_layernorm.bias": get("transformer.ln_f.bias")}
     if group.name == "output":
-        return {"output_layer.weight": pad_vocab(get("lm_head.weight"), arch.padded_vocab_size)}
+        return {"output_layer.weight": pad_vocab(get("lm_head.weight"), identity.padded_vocab_size)}
     hf, mg = f"transformer.h.{group.layer}.", f"decoder.layers.{group.layer}."
-    h = arch.hidden_size
+    h = identity.hidden_size
     qkv_w = get(hf + "attn.c_attn.weight").t()  # [3H, H]: q, k, v blocks of H rows
     qkv_b = get(hf + "attn.c_attn.bias")
     return {
         mg + "input_layernorm.weight": get(hf + "ln_1.weight"),
         mg + "input_layernorm.bias": get(hf + "ln_1.bias"),
-        mg + "self_attention.linear_qkv.weight": pack_qkv(*torch.split(qkv_w, h), arch.num_query_groups),
-        mg + "self_attention.linear_qkv.bias": pack_qkv(*torch.split(qkv_b, h), arch.num_query_groups),
+        mg + "self_attention.linear_qkv.weight": pack_qkv(*torch.split(qkv_w, h), identity.num_query_groups),
+        mg + "self_attention.linear_qkv.bias": pack_qkv(*torch.split(qkv_b, h), identity.num_query_groups),
         mg + "self_attention.linear_proj.weight": get(hf + "attn.c_proj.weight").t(),
         mg + "self_attention.linear_proj.bias": get(hf + "attn.c_proj.bias"),
         mg + "pre_mlp_layernorm.weight": get(hf + "ln_2.weight"),
@@ -117,8 +125,8 @@ def to_megatron(group: Group, arch: Arch, get) -> dict:
     }
 
 
-def to_hf(group: Group, arch: Arch, t: dict) -> dict:
-    vocab = arch.vocab_size
+def to_hf(group: Group, identity: ModelIdentity, t: dict) -> dict:
+    vocab = identity.vocab_size
     if group.name == "embedding":
         return {"transformer.wte.weight": t["embedding.word_embeddings.weight"][:vocab]}
     if group.name == "final norm":
@@ -133,35 +141,35 @@ def to_hf(group: Group, arch: Arch, t: dict) -> dict:
         found = t.get(mg + name)
         return found if found is not None else weight.new_zeros(size)
 
-    q, k, v = unpack_qkv(weight, arch)
-    qb, kb, vb = unpack_qkv(bias("self_attention.linear_qkv.bias", weight.shape[0]), arch)
-    if not arch.rotary_interleaved:  # half-split RoPE: move each rotated pair to GPT-J's order
-        perm = half_split_to_interleaved(arch.kv_channels, arch.rotary_dim)
-        q, k, qb, kb = (permute_head_channels(x, arch.kv_channels, perm) for x in (q, k, qb, kb))
+    q, k, v = unpack_qkv(weight, identity)
+    qb, kb, vb = unpack_qkv(bias("self_attention.linear_qkv.bias", weight.shape[0]), identity)
+    if not identity.rotary_interleaved:  # half-split RoPE: move each rotated pair to GPT-J's order
+        perm = half_split_to_interleaved(identity.kv_channels, identity.rotary_dim)
+        q, k, qb, kb = (permute_head_channels(x, identity.kv_channels, perm) for x in (q, k, qb, kb))
     gate, up = torch.chunk(t[mg + "mlp.linear_fc1.weight"], 2)
-    gate_b, up_b = torch.chunk(bias("mlp.linear_fc1.bias", 2 * arch.ffn_hidden_size), 2)
+    gate_b, up_b = torch.chunk(bias("mlp.linear_fc1.bias", 2 * identity.ffn_hidden_size), 2)
     return {
         hf + "ln_1.weight": t[mg + "input_layernorm.weight"],
         hf + "ln_1.bias": t[mg + "input_layernorm.bias"],
         hf + "attn.c_attn.weight": torch.cat([q, k, v]).t(),
         hf + "attn.c_attn.bias": torch.cat([qb, kb, vb]),
         hf + "attn.c_proj.weight": t[mg + "self_attention.linear_proj.weight"].t(),
-        hf + "attn.c_proj.bias": bias("self_attention.linear_proj.bias", arch.hidden_size),
+        hf + "attn.c_proj.bias": bias("self_attention.linear_proj.bias", identity.hidden_size),
         hf + "ln_2.weight": t[mg + "pre_mlp_layernorm.weight"],
         hf + "ln_2.bias": t[mg + "pre_mlp_layernorm.bias"],
         hf + "mlp.c_fc.weight": up.t(), hf + "mlp.c_fc.bias": up_b,
         hf + "mlp.c_fc2.weight": gate.t(), hf + "mlp.c_fc2.bias": gate_b,
         hf + "mlp.c_proj.weight": t[mg + "mlp.linear_fc2.weight"].t(),
-        hf + "mlp.c_proj.bias": bias("mlp.linear_fc2.bias", arch.hidden_size),
+        hf + "mlp.c_proj.bias": bias("mlp.linear_fc2.bias", identity.hidden_size),
     }
 
 
 # ---- config -----------------------------------------------------------------------------------
 
-def write_config(arch: Arch, directory: str, dtype: torch.dtype) -> None:
+def write_config(identity: ModelIdentity, provenance: dict, directory: str, dtype: torch.dtype) -> None:
     """config.json with CrystalCoder's published fields (its remote code reads them), and
     generation_config.json. Fields Megatron does not model come from the imported config if any."""
-    base = json.loads(arch.extra.get("hf_config") or "{}")
+    base = json.loads(provenance.get("hf_config") or "{}")
     if matches(base):  # an imported config is authoritative for everything Megatron does not model
         config = {k: v for k, v in base.items() if k != "transformers_version"}
     else:
@@ -169,22 +177,23 @@ def write_config(arch: Arch, directory: str, dtype: torch.dtype) -> None:
                   "embd_pdrop": 0.0, "eos_token_id": 2, "initializer_range": 0.02, "reorder_and_upcast_attn": False,
                   "resid_pdrop": 0.0, "use_cache": True}
     config.update(
-        architectures=["CrystalCoderLMHeadModel"], model_type="crystalcoder", n_embd=arch.hidden_size,
-        n_head=arch.num_attention_heads, n_inner=arch.ffn_hidden_size, n_layer=arch.num_layers,
-        n_positions=arch.max_position_embeddings, layer_norm_epsilon=arch.norm_epsilon,
-        position_embedding_type="rotary", rotary_dim=arch.rotary_dim, scale_attn_weights=True,
+        architectures=["CrystalCoderLMHeadModel"], model_type="crystalcoder", n_embd=identity.hidden_size,
+        n_head=identity.num_attention_heads, n_inner=identity.ffn_hidden_size, n_layer=identity.num_layers,
+        n_positions=identity.max_position_embeddings, layer_norm_epsilon=identity.norm_epsilon,
+        position_embedding_type="rotary", rotary_dim=identity.rotary_dim, scale_attn_weights=True,
         scale_attn_by_inverse_layer_idx=False,
-        mup_width_scale=arch.mup_width_scale if arch.use_mup else 1.0,
-        mup_embeddings_scale=arch.mup_embeddings_scale if arch.use_mup else 1.0,
-        mup_output_alpha=arch.mup_output_alpha if arch.use_mup else 1.0,
-        mup_scale_qk_dot_by_d=arch.mup_scale_qk_dot_by_d, torch_dtype=DTYPE_NAMES[dtype], vocab_size=arch.vocab_size,
+        mup_width_scale=identity.mup_width,
+        mup_embeddings_scale=identity.mup_embeddings_scale if identity.use_mup else 1.0,
+        mup_output_alpha=identity.mup_output_alpha if identity.use_mup else 1.0,
+        mup_scale_qk_dot_by_d=identity.attention_scores_by_d, torch_dtype=DTYPE_NAMES[dtype],
+        vocab_size=identity.vocab_size, **{IDENTITY_KEY: identity.to_checkpoint()},
     )
-    if not arch.tie_embeddings or "tie_word_embeddings" in config:  # the published config leaves the tie implicit
-        config["tie_word_embeddings"] = arch.tie_embeddings
+    if not identity.tie_embeddings or "tie_word_embeddings" in config:  # the published config leaves the tie implicit
+        config["tie_word_embeddings"] = identity.tie_embeddings
     with open(f"{directory}/config.json", "w") as f:
         json.dump(dict(sorted(config.items())), f, indent=2)
         f.write("\n")
-    generation = json.loads(arch.extra.get("hf_generation_config") or "{}") or {
+    generation = json.loads(provenance.get("hf_generation_config") or "{}") or {
         "bos_token_id": config.get("bos_token_id", 1), "eos_token_id": config.get("eos_token_id", 2)}
     with open(f"{directory}/generation_config.json", "w") as f:
         json.dump(generation, f, indent=2)

@@ -1,4 +1,5 @@
-"""The megatron-core TransformerConfig for a LLaMA-family model, built from parsed flags."""
+"""The megatron-core TransformerConfig: the model from its ModelIdentity, the run (parallel layout,
+precision, recomputation, kernels) from the parsed flags."""
 
 from __future__ import annotations
 
@@ -27,25 +28,27 @@ def params_dtype(args) -> torch.dtype:
     return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
 
 
-def transformer_config(args, on_cpu: bool, mup_multipliers: dict | None = None) -> LlamaConfig:
+def transformer_config(args, on_cpu: bool, mup_multipliers: dict | None = None, identity=None) -> LlamaConfig:
+    """identity: the ModelIdentity (default args.model_identity; the vocabulary plays no part here)."""
+    identity = identity or args.model_identity
     dtype = params_dtype(args)
     mup_multipliers = mup_multipliers or {}
     return LlamaConfig(
-        num_layers=args.num_layers,
-        hidden_size=args.hidden_size,
-        ffn_hidden_size=args.ffn_hidden_size,
-        num_attention_heads=args.num_attention_heads,
-        num_query_groups=args.num_query_groups,
-        kv_channels=args.kv_channels,
-        normalization=args.normalization,
-        layernorm_epsilon=args.norm_epsilon,
-        add_bias_linear=args.add_bias_linear,
-        add_qkv_bias=args.add_qkv_bias,
+        num_layers=identity.num_layers,
+        hidden_size=identity.hidden_size,
+        ffn_hidden_size=identity.ffn_hidden_size,
+        num_attention_heads=identity.num_attention_heads,
+        num_query_groups=identity.num_query_groups,
+        kv_channels=identity.kv_channels,
+        normalization=identity.normalization,
+        layernorm_epsilon=identity.norm_epsilon,
+        add_bias_linear=identity.add_bias_linear,
+        add_qkv_bias=identity.add_qkv_bias,
         gated_linear_unit=True,
         activation_func=F.silu,
         hidden_dropout=args.hidden_dropout,
         attention_dropout=args.attention_dropout,
-        init_method_std=args.init_method_std,
+        init_method_std=identity.init_method_std,
         # megatron initialises (and only then tags tensor-parallel attributes on the weights);
         # models/init.py then overwrites every weight from the seed alone.
         perform_initialization=True,
@@ -68,13 +71,13 @@ def transformer_config(args, on_cpu: bool, mup_multipliers: dict | None = None) 
         persist_layer_norm=False,
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
-        rotary_interleaved=args.rotary_interleaved,
+        rotary_interleaved=identity.rotary_interleaved,
         softmax_scale=mup_multipliers.get("softmax_scale"),
         kernel_impl=None if args.kernels == "auto" else args.kernels,
         attention_kernel=args.attention_backend,
         norm_impl=args.norm_impl,
-        rotary_percent=args.rotary_percent,
-        rotary_base=args.rotary_base,
+        rotary_percent=identity.rotary_percent,
+        rotary_base=identity.rotary_base,
         embedding_multiplier=mup_multipliers.get("embedding", 1.0),
         logits_multiplier=mup_multipliers.get("logits", 1.0),
         # Frees a stage's output once sent. gloo sends asynchronously from the tensor's storage, so

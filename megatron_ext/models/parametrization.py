@@ -1,7 +1,7 @@
 """How weights are drawn and which multipliers apply: standard parametrization or μP.
 
 Both come from the self-contained `mup` package (rules per parameter class). This module turns
-the flags into rules and exposes what the model builder, config and optimizer need.
+the model identity into rules and exposes what the model builder, config and optimizer need.
 """
 
 from __future__ import annotations
@@ -26,22 +26,23 @@ class Parametrization:
         return mup_config_overrides(self.rules, optimizer_config)
 
 
-def mup_config(args) -> MuPConfig:
-    shapes = dict(num_layers=args.num_layers, ffn_hidden_size=args.ffn_hidden_size,
-                  base_ffn_hidden_size=args.mup_base_ffn_hidden_size,
-                  num_attention_heads=args.num_attention_heads,
-                  base_num_attention_heads=args.mup_base_num_attention_heads, head_dim=args.kv_channels,
-                  base_init_std=args.mup_base_init_std or args.init_method_std,
-                  embeddings_scale=args.mup_embeddings_scale or 1.0, output_alpha=args.mup_output_alpha or 1.0,
-                  scale_qk_dot_by_d=bool(args.mup_scale_qk_dot_by_d), scale_adam_eps=bool(args.mup_scale_adam_eps))
-    if args.mup_base_hidden_size:
-        return MuPConfig(hidden_size=args.hidden_size, base_hidden_size=args.mup_base_hidden_size, **shapes)
-    return MuPConfig.from_width_scale(args.mup_width_scale, args.hidden_size, **shapes)
+def mup_config(identity) -> MuPConfig:
+    shapes = dict(num_layers=identity.num_layers, ffn_hidden_size=identity.ffn_hidden_size,
+                  base_ffn_hidden_size=identity.mup_base_ffn_hidden_size,
+                  num_attention_heads=identity.num_attention_heads,
+                  base_num_attention_heads=identity.mup_base_num_attention_heads, head_dim=identity.kv_channels,
+                  base_init_std=identity.mup_base_init_std or identity.init_method_std,
+                  embeddings_scale=identity.mup_embeddings_scale, output_alpha=identity.mup_output_alpha,
+                  scale_qk_dot_by_d=identity.mup_scale_qk_dot_by_d, scale_adam_eps=identity.mup_scale_adam_eps)
+    if identity.mup_base_hidden_size:
+        return MuPConfig(hidden_size=identity.hidden_size, base_hidden_size=identity.mup_base_hidden_size, **shapes)
+    return MuPConfig.from_width_scale(identity.mup_width_scale, identity.hidden_size, **shapes)
 
 
-def build_parametrization(args) -> Parametrization:
+def build_parametrization(identity) -> Parametrization:
     try:
-        rules = MuPRules(mup_config(args)) if args.use_mup else StandardRules(args.init_method_std, args.num_layers)
+        rules = (MuPRules(mup_config(identity)) if identity.use_mup
+                 else StandardRules(identity.init_method_std, identity.num_layers))
     except ValueError as exc:
         raise SystemExit(f"error: μP flags: {exc}") from exc
-    return Parametrization(rules, args.kv_channels)
+    return Parametrization(rules, identity.kv_channels)

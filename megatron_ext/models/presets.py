@@ -1,51 +1,50 @@
-"""Named architectures, from the published config.json files of LLM360/Amber, LLM360/CrystalCoder and
-openlm-research/open_llama_3b (llama2-7b-gqa: LLaMA-2-7B's shape with 8 query groups, GQA at 7B scale).
-Any flag overrides them.
-
-Keys are argparse destinations of pretrain_llama.py's flags.
+"""Named architectures, as ModelIdentity instances: from the published config.json files of LLM360/Amber,
+LLM360/CrystalCoder and openlm-research/open_llama_3b (llama2-7b-gqa: LLaMA-2-7B's shape with 8 query
+groups, GQA at 7B scale). Any flag overrides them (ModelIdentity.as_flags makes them argparse defaults).
 """
 
-_LLAMA = dict(normalization="RMSNorm", norm_epsilon=1e-6, add_bias_linear=False, add_qkv_bias=False,
-              rotary_percent=1.0, rotary_base=10000.0, rotary_interleaved=False, tie_embeddings=False,
-              group_query_attention=False, init_method_std=0.02, use_mup=False)
+from megatron_ext.models.identity import ModelIdentity
+
+_LLAMA = dict(normalization="RMSNorm", norm_epsilon=1e-6, add_bias_linear=False, rotary_percent=1.0,
+              rotary_base=10000.0, rotary_interleaved=False, tie_embeddings=False, init_method_std=0.02)
 
 _TINY = dict(_LLAMA, num_layers=4, hidden_size=64, ffn_hidden_size=176, num_attention_heads=4,
-             seq_length=64, max_position_embeddings=64, vocab_size=512)
+             max_position_embeddings=64, vocab_size=512)
 
 _CRYSTAL_MUP = dict(use_mup=True, mup_base_hidden_size=256, mup_embeddings_scale=14.6,
                     mup_output_alpha=2.22, mup_scale_qk_dot_by_d=True, mup_base_init_std=0.073)
 
 _CRYSTAL = dict(_LLAMA, normalization="LayerNorm", norm_epsilon=1e-5, add_bias_linear=True,
-                add_qkv_bias=True, rotary_percent=0.25, rotary_interleaved=True, tie_embeddings=True,
-                **_CRYSTAL_MUP)
+                rotary_percent=0.25, rotary_interleaved=True, tie_embeddings=True, **_CRYSTAL_MUP)
 
 PRESETS = {
-    "amber-7b": dict(_LLAMA, num_layers=32, hidden_size=4096, ffn_hidden_size=11008,
-                     num_attention_heads=32, seq_length=2048, max_position_embeddings=2048, vocab_size=32000),
-    "openllama-3b": dict(_LLAMA, num_layers=26, hidden_size=3200, ffn_hidden_size=8640,
-                         num_attention_heads=32, seq_length=2048, max_position_embeddings=2048,
-                         vocab_size=32000),
-    "llama2-7b-gqa": dict(_LLAMA, num_layers=32, hidden_size=4096, ffn_hidden_size=11008,
-                          num_attention_heads=32, group_query_attention=True, num_query_groups=8,
-                          seq_length=4096, max_position_embeddings=4096, vocab_size=32000, norm_epsilon=1e-5),
-    "crystal-7b": dict(_CRYSTAL, num_layers=32, hidden_size=4096, ffn_hidden_size=10922,
-                       num_attention_heads=32, seq_length=2048, max_position_embeddings=2048,
-                       vocab_size=32032, make_vocab_size_divisible_by=32),
+    "amber-7b": ModelIdentity(**_LLAMA, num_layers=32, hidden_size=4096, ffn_hidden_size=11008,
+                              num_attention_heads=32, max_position_embeddings=2048, vocab_size=32000),
+    "openllama-3b": ModelIdentity(**_LLAMA, num_layers=26, hidden_size=3200, ffn_hidden_size=8640,
+                                  num_attention_heads=32, max_position_embeddings=2048, vocab_size=32000),
+    "llama2-7b-gqa": ModelIdentity(**dict(_LLAMA, norm_epsilon=1e-5), num_layers=32, hidden_size=4096,
+                                   ffn_hidden_size=11008, num_attention_heads=32, num_query_groups=8,
+                                   max_position_embeddings=4096, vocab_size=32000),
+    "crystal-7b": ModelIdentity(**_CRYSTAL, num_layers=32, hidden_size=4096, ffn_hidden_size=10922,
+                                num_attention_heads=32, max_position_embeddings=2048, vocab_size=32032,
+                                make_vocab_size_divisible_by=32),
     # ~1.2B parameters: the single-GPU benchmark size.
-    "llama-1b": dict(_LLAMA, num_layers=24, hidden_size=2048, ffn_hidden_size=5632,
-                     num_attention_heads=16, seq_length=2048, max_position_embeddings=2048, vocab_size=32000),
+    "llama-1b": ModelIdentity(**_LLAMA, num_layers=24, hidden_size=2048, ffn_hidden_size=5632,
+                              num_attention_heads=16, max_position_embeddings=2048, vocab_size=32000),
     # Test and demo sizes. tiny-demo is the `make demo` model.
-    "tiny": _TINY,
-    "tiny-gqa": dict(_TINY, group_query_attention=True, num_query_groups=2),
-    "tiny-crystal": dict(_CRYSTAL, num_layers=4, hidden_size=64, ffn_hidden_size=176,
-                         num_attention_heads=4, seq_length=64, max_position_embeddings=64,
-                         vocab_size=512, mup_base_hidden_size=32),
-    "tiny-demo": dict(_TINY, num_layers=4, hidden_size=128, ffn_hidden_size=352,
-                      num_attention_heads=4, seq_length=128, max_position_embeddings=128),
+    "tiny": ModelIdentity(**_TINY),
+    "tiny-gqa": ModelIdentity(**_TINY, num_query_groups=2),
+    "tiny-crystal": ModelIdentity(**dict(_CRYSTAL, mup_base_hidden_size=32), num_layers=4, hidden_size=64,
+                                  ffn_hidden_size=176, num_attention_heads=4, max_position_embeddings=64,
+                                  vocab_size=512),
+    "tiny-demo": ModelIdentity(**dict(_TINY, hidden_size=128, ffn_hidden_size=352, max_position_embeddings=128)),
 }
 
 
-def preset(name: str) -> dict:
+def preset_flags(name: str) -> dict:
+    """The preset as argparse defaults: its model flags, --vocab-size (the size mock data and the
+    NullTokenizer use) and --seq-length (the context it was trained at)."""
     if name not in PRESETS:
         raise SystemExit(f"--model-preset {name!r} is unknown; choose one of: {', '.join(sorted(PRESETS))}")
-    return dict(PRESETS[name])
+    identity = PRESETS[name]
+    return dict(identity.as_flags(), vocab_size=identity.vocab_size, seq_length=identity.max_position_embeddings)

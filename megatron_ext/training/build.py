@@ -13,6 +13,7 @@ import torch
 
 @dataclass
 class Trainable:
+    identity: object         # megatron_ext.models.identity.ModelIdentity, vocabulary included
     parametrization: object  # megatron_ext.models.parametrization: standard or μP rules
     config: object           # megatron-core TransformerConfig
     model: list              # model chunks (one per virtual pipeline stage), wrapped in megatron's DDP
@@ -21,17 +22,20 @@ class Trainable:
 
 
 def build_trainable(args, device: torch.device, vocab_size: int) -> Trainable:
-    """Needs the parallel state initialised first (training/parallel.py: initialize_parallel)."""
+    """The model args.model_identity describes, with the tokenizer's vocabulary. Needs the parallel state
+    initialised first (training/parallel.py: initialize_parallel)."""
     from megatron_ext.models.config import transformer_config
     from megatron_ext.models.gpt import build_model
     from megatron_ext.models.parametrization import build_parametrization
     from megatron_ext.training.loop import connect_schedule
     from megatron_ext.training.optimizer import build_optimizer, build_scheduler
 
-    parametrization = build_parametrization(args)
-    config = transformer_config(args, on_cpu=device.type == "cpu", mup_multipliers=parametrization.multipliers)
-    model = build_model(config, args, vocab_size, parametrization, device)
+    identity = args.model_identity.replace(vocab_size=vocab_size)
+    parametrization = build_parametrization(identity)
+    config = transformer_config(args, on_cpu=device.type == "cpu", mup_multipliers=parametrization.multipliers,
+                                identity=identity)
+    model = build_model(config, args, identity, parametrization, device)
     optimizer = build_optimizer(args, model, parametrization)
     scheduler = build_scheduler(args, optimizer)
     connect_schedule(config, model, optimizer, args)
-    return Trainable(parametrization, config, model, optimizer, scheduler)
+    return Trainable(identity, parametrization, config, model, optimizer, scheduler)

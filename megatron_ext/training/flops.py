@@ -17,12 +17,12 @@ import torch
 PEAK_TFLOPS_BF16 = {"H100": 989.4, "H200": 989.4, "H800": 989.4, "A100": 312.0, "A800": 312.0}
 
 
-def training_flops_per_iteration(args, vocab_size: int) -> float:
-    h, s, layers = args.hidden_size, args.seq_length, args.num_layers
-    hq, hk, d, f = args.num_attention_heads, args.num_query_groups, args.kv_channels, args.ffn_hidden_size
+def training_flops_per_iteration(identity, seq_length: int, global_batch_size: int) -> float:
+    h, s, layers = identity.hidden_size, seq_length, identity.num_layers
+    hq, hk, d, f = identity.num_attention_heads, identity.num_query_groups, identity.kv_channels, identity.ffn_hidden_size
     per_layer = 2 * h * (hq + 2 * hk) * d + 2 * hq * d * h + 4 * s * hq * d + 6 * h * f
-    per_token = layers * per_layer + 2 * h * vocab_size
-    return 3.0 * per_token * args.global_batch_size * s
+    per_token = layers * per_layer + 2 * h * identity.vocab_size
+    return 3.0 * per_token * global_batch_size * s
 
 
 def peak_tflops(args, device: torch.device) -> float | None:

@@ -10,15 +10,16 @@ import time
 
 import torch
 
+from megatron_ext.arguments import flat_flags
 from megatron_ext.training.flops import peak_tflops, training_flops_per_iteration
 
 
 class TrainLogger:
-    def __init__(self, args, device, vocab_size: int, writes: bool, timers=None):
+    def __init__(self, args, identity, device, writes: bool, timers=None):
         self.args = args
         self.timers = timers  # training/timers.py: per-phase times with --timing-log-level
         self.writes = writes  # only the last rank (it holds the loss) prints and writes
-        self.flops_per_iteration = training_flops_per_iteration(args, vocab_size)
+        self.flops_per_iteration = training_flops_per_iteration(identity, args.seq_length, args.global_batch_size)
         self.peak = peak_tflops(args, device)
         self.device = device
         self.writer = None
@@ -32,7 +33,7 @@ class TrainLogger:
 
             wandb.init(project=args.wandb_project, name=args.wandb_exp_name,
                        dir=args.wandb_save_dir or (f"{args.save}/wandb" if args.save else None),
-                       config=vars(args))
+                       config=flat_flags(args))
             self.wandb = wandb
         self._validation_written: set[int] = set()
         self._window_start = time.perf_counter()
@@ -129,5 +130,5 @@ class TrainLogger:
 
 def _arguments_table(args) -> str:
     """The run's arguments as a Markdown table (TensorBoard renders it under TEXT)."""
-    rows = "\n".join(f"| {key} | {value!r} |" for key, value in sorted(vars(args).items()))
+    rows = "\n".join(f"| {key} | {value!r} |" for key, value in sorted(flat_flags(args).items()))
     return "| argument | value |\n|---|---|\n" + rows

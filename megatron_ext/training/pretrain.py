@@ -44,7 +44,7 @@ def _train(args, platform) -> float | None:
     from megatron_ext.checkpoint.paths import has_checkpoint
     from megatron_ext.data.build import build_datasets, build_vocab, describe_data
     from megatron_ext.data.loader import micro_batches
-    from megatron_ext.models.gpt import count_parameters, padded_vocab_size
+    from megatron_ext.models.gpt import count_parameters
     from megatron_ext.training.build import build_trainable
     from megatron_ext.training.logging import TrainLogger
     from megatron_ext.training.loop import TrainState, evaluate, train
@@ -54,17 +54,16 @@ def _train(args, platform) -> float | None:
 
     initialize_parallel(args)
     tokenizer, vocab_size = build_vocab(args)
-    if args.tokenizer_type != "NullTokenizer":  # NullTokenizer adds its EOD to the --vocab-size it is given
-        args.vocab_size = vocab_size  # saved with checkpoints: exporters drop the padding rows past it
-    args.padded_vocab_size = padded_vocab_size(vocab_size, args.make_vocab_size_divisible_by)
+    identity = args.model_identity.replace(vocab_size=vocab_size)  # the tokenizer decides the vocabulary
     if args.save:
-        check_save_target(args.save, args)
+        check_save_target(args.save, args, identity)
     built = build_trainable(args, platform.device, vocab_size)
     model, optimizer, scheduler = built.model, built.optimizer, built.scheduler
 
     state = TrainState()
     if args.load and has_checkpoint(args.load):
-        state.iteration, state.consumed_samples = load_checkpoint(args.load, model, optimizer, scheduler, args)
+        state.iteration, state.consumed_samples = load_checkpoint(args.load, model, optimizer, scheduler, args,
+                                                                    identity)
     elif args.load and is_last_rank():  # Megatron-LM's behaviour: --save X --load X on a first launch
         print(f" > no checkpoint in --load {args.load} yet: starting from scratch", flush=True)
     train_ds, valid_ds = build_datasets(args, tokenizer, vocab_size)
@@ -76,7 +75,7 @@ def _train(args, platform) -> float | None:
         return [timed_batches(micro_batches(dataset, consumed, args.micro_batch_size, dp_rank, dp_size,
                                             args.num_workers, cycle=cycle), timers) for _ in model]
 
-    logger = TrainLogger(args, platform.device, vocab_size, writes=is_last_rank(), timers=timers)
+    logger = TrainLogger(args, identity, platform.device, writes=is_last_rank(), timers=timers)
     if is_last_rank():
         print(f" > {count_parameters(model):,} parameters on the last rank; layout TP{args.tensor_model_parallel_size}"
               f" x PP{args.pipeline_model_parallel_size} x DP{args.data_parallel_size} on {platform.device.type}"
@@ -93,7 +92,7 @@ def _train(args, platform) -> float | None:
 
     def save(train_state):
         with timers.phase("save-checkpoint"):
-            path = save_checkpoint(args.save, model, optimizer, scheduler, train_state, args)
+            path = save_checkpoint(args.save, model, optimizer, scheduler, train_state, args, identity)
         saved_at[0] = train_state.iteration
         if is_last_rank():
             print(f" > saved checkpoint at iteration {train_state.iteration} to {path}", flush=True)

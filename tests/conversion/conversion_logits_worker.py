@@ -14,35 +14,11 @@ import warnings
 import torch
 
 
-def model_argv(saved: dict, tp: int, pp: int, world_size: int) -> list[str]:
-    """pretrain_llama.py flags for the model recorded in a checkpoint's args."""
-    argv = ["--num-layers", saved["num_layers"], "--hidden-size", saved["hidden_size"],
-            "--ffn-hidden-size", saved["ffn_hidden_size"], "--num-attention-heads", saved["num_attention_heads"],
-            "--kv-channels", saved["kv_channels"], "--normalization", saved["normalization"],
-            "--norm-epsilon", saved["norm_epsilon"], "--rotary-percent", saved["rotary_percent"],
-            "--rotary-base", saved["rotary_base"], "--vocab-size", saved["vocab_size"],
-            "--make-vocab-size-divisible-by", saved["make_vocab_size_divisible_by"],
-            "--max-position-embeddings", saved["max_position_embeddings"], "--seq-length", saved["seq_length"],
-            "--add-bias-linear" if saved["add_bias_linear"] else "--disable-bias-linear",
-            "--tie-embeddings-and-output-weights" if saved["tie_embeddings"]
-            else "--untie-embeddings-and-output-weights",
-            "--mock-data", "--device", "cpu", "--train-iters", 1, "--micro-batch-size", 1,
-            "--global-batch-size", world_size // (tp * pp),
-            "--tensor-model-parallel-size", tp, "--pipeline-model-parallel-size", pp]
-    if saved.get("group_query_attention"):
-        argv += ["--group-query-attention", "--num-query-groups", saved["num_query_groups"]]
-    if saved.get("add_qkv_bias"):
-        argv += ["--add-qkv-bias"]
-    if saved.get("rotary_interleaved"):
-        argv += ["--rotary-interleaved"]
-    if saved.get("use_mup"):
-        argv += ["--use-mup", "--mup-embeddings-scale", saved["mup_embeddings_scale"],
-                 "--mup-output-alpha", saved["mup_output_alpha"]]
-        argv += (["--mup-base-hidden-size", saved["mup_base_hidden_size"]] if saved.get("mup_base_hidden_size")
-                 else ["--mup-width-scale", saved["mup_width_scale"]])
-        if saved.get("mup_scale_qk_dot_by_d"):
-            argv += ["--mup-scale-qk-dot-by-d"]
-    return [str(a) for a in argv]
+def model_argv(ckpt: str, tp: int, pp: int, world_size: int) -> list[str]:
+    """pretrain_llama.py flags that build the model recorded in checkpoint CKPT (its model identity)."""
+    return [str(a) for a in ["--load", ckpt, "--mock-data", "--device", "cpu", "--train-iters", 1,
+                             "--micro-batch-size", 1, "--global-batch-size", world_size // (tp * pp),
+                             "--tensor-model-parallel-size", tp, "--pipeline-model-parallel-size", pp]]
 
 
 def run_job(job: dict, world_size: int) -> None:
@@ -58,15 +34,14 @@ def run_job(job: dict, world_size: int) -> None:
     from megatron_ext.training.parallel import initialize_parallel
     from megatron_ext.training.step import language_model_logits
 
-    _, directory, common = read_common(job["ckpt"], None)
-    saved = common["args"]
-    args = parse_args(model_argv(saved, job["tp"], job["pp"], world_size), world_size=world_size)
+    _, directory, _ = read_common(job["ckpt"], None)
+    args = parse_args(model_argv(job["ckpt"], job["tp"], job["pp"], world_size), world_size=world_size)
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     initialize_parallel(args)
-    config = transformer_config(args, on_cpu=True, mup_multipliers=build_parametrization(args).multipliers)
-    vocab = args.vocab_size
-    model = build_gpt_chunk(config, args, vocab, None)
+    identity = args.model_identity.replace(vocab_size=args.vocab_size)
+    config = transformer_config(args, on_cpu=True, mup_multipliers=build_parametrization(identity).multipliers)
+    model = build_gpt_chunk(config, identity, args.layer_spec, None)
     model.eval()
     loaded = dist_checkpointing.load({"model0": model.sharded_state_dict()}, directory)
     model.load_state_dict(loaded["model0"], strict=True)
@@ -79,8 +54,8 @@ def run_job(job: dict, world_size: int) -> None:
         output = chunk(data["tokens"], data["position_ids"], None)
 
         def collect(logits):
-            full = gather_from_tensor_model_parallel_region(language_model_logits(logits, config, vocab))
-            return full.sum() * 0.0, {"logits": full[..., :vocab].detach()}
+            full = gather_from_tensor_model_parallel_region(language_model_logits(logits, config, identity.vocab_size))
+            return full.sum() * 0.0, {"logits": full[..., :identity.vocab_size].detach()}
         return output, collect
 
     with torch.no_grad():

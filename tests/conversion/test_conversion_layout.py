@@ -7,10 +7,11 @@ import torch
 from safetensors.torch import load_file
 
 from megatron_ext import kernels
-from megatron_ext.checkpoint.hf_arch import (Arch, half_split_to_interleaved, interleaved_to_half_split,
-                                             pack_qkv, permute_head_channels, unpack_qkv)
+from megatron_ext.checkpoint.hf_arch import (half_split_to_interleaved, interleaved_to_half_split, pack_qkv,
+                                             permute_head_channels, unpack_qkv)
 from megatron_ext.checkpoint.hf_files import SafetensorsStreamWriter, plan_shards
 from megatron_ext.layers.attention import rotary_inv_freq
+from megatron_ext.models.identity import ModelIdentity
 
 
 def _rope(x, rotary_percent, interleaved):
@@ -43,17 +44,16 @@ def test_channel_reordering_converts_rope_conventions(rotary_percent):
 
 
 def test_qkv_packing_is_grouped_per_query_group_and_inverts():
-    arch = Arch(num_layers=1, hidden_size=8, ffn_hidden_size=8, num_attention_heads=4, num_query_groups=2,
-                kv_channels=3, normalization="RMSNorm", norm_epsilon=1e-5, add_bias_linear=False, add_qkv_bias=False,
-                rotary_percent=1.0, rotary_base=1e4, rotary_interleaved=False, tie_embeddings=False, vocab_size=8,
-                padded_vocab_size=8, max_position_embeddings=8)
+    # Odd head dim (3) so rows of q, k and v cannot line up by accident; RoPE on 2 of its 3 channels.
+    model = ModelIdentity(num_layers=1, hidden_size=8, ffn_hidden_size=8, num_attention_heads=4, num_query_groups=2,
+                          kv_channels=3, rotary_percent=2 / 3, vocab_size=8)
     q = torch.arange(12 * 2).reshape(12, 2)
     k, v = 100 + torch.arange(6 * 2).reshape(6, 2), -torch.arange(1, 13).reshape(6, 2)
     packed = pack_qkv(q, k, v, groups=2)
     # group 0: q heads 0-1 (6 rows), k head 0 (3 rows), v head 0 (3 rows); then group 1.
     assert torch.equal(packed[:6], q[:6]) and torch.equal(packed[6:9], k[:3]) and torch.equal(packed[9:12], v[:3])
     assert torch.equal(packed[12:18], q[6:]) and torch.equal(packed[18:21], k[3:])
-    for a, b in zip(unpack_qkv(packed, arch), (q, k, v)):
+    for a, b in zip(unpack_qkv(packed, model), (q, k, v)):
         assert torch.equal(a, b)
 
 

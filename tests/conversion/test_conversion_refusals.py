@@ -176,7 +176,7 @@ def test_args_that_disagree_with_the_stored_shapes(sources, tmp_path):
     ckpt = _copy_mg(sources, tmp_path / "mg")
     common_path = ckpt / "iter_0000000" / "common.pt"
     common = load_common(common_path.parent)
-    common["args"]["ffn_hidden_size"] = 192  # stored: 176
+    common["model_identity"]["ffn_hidden_size"] = 192  # stored: 176
     save_common(common_path.parent, common)
     _export_refused(ckpt, tmp_path / "hf", "decoder.layers.mlp.linear_fc1.weight", "[4, 352, 64]",
                     "[4, 384, 64]", "disagree")

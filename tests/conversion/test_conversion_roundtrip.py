@@ -17,7 +17,8 @@ from launch import REPO, test_env, torchrun_cmd
 from safetensors.torch import load_file
 
 from megatron_ext.checkpoint.convert import hf_to_megatron, megatron_to_hf
-from megatron_ext.checkpoint.hf_arch import Arch
+from megatron_ext.checkpoint.hf_arch import IDENTITY_KEY
+from megatron_ext.models.identity import ModelIdentity
 
 PRETRAINED = {  # name -> pretrain_llama.py flags (2 processes each)
     "tiny-tp2": ["--model-preset", "tiny", "--tensor-model-parallel-size", 2],
@@ -78,7 +79,11 @@ def _assert_same_hf(a, b) -> None:
         assert ta[name].dtype == tb[name].dtype and torch.equal(ta[name], tb[name]), name
     for name in ("config.json", "generation_config.json"):
         if (a / name).exists():
-            assert json.loads((a / name).read_text()) == json.loads((b / name).read_text()), name
+            expected, written = json.loads((a / name).read_text()), json.loads((b / name).read_text())
+            if name == "config.json":  # the export adds only its record of the model identity
+                assert ModelIdentity.from_checkpoint({"model_identity": written.pop(IDENTITY_KEY)}).hidden_size == \
+                    expected["hidden_size" if "hidden_size" in expected else "n_embd"]
+            assert expected == written, name
     tokenizer = [p.name for p in a.iterdir() if p.name.startswith(("tokenizer", "special_tokens"))]
     assert tokenizer and all(filecmp.cmp(a / n, b / n, shallow=False) for n in tokenizer), tokenizer
 
@@ -90,7 +95,8 @@ def test_hf_megatron_hf_with_the_command_line_tools(tmp_path):
     _assert_same_hf(tmp_path / "hf", tmp_path / "back")
     common = load_common(tmp_path / "mg" / "iter_0000000")
     assert common["iteration"] == 0 and "optimizer" not in common and "opt_param_scheduler" not in common
-    assert common["args"]["padded_vocab_size"] == 1024 and common["args"]["num_query_groups"] == 2
+    model = ModelIdentity.from_checkpoint(common)
+    assert model.padded_vocab_size == 1024 and model.num_query_groups == 2
     # The source's tokenizer travels with the checkpoint, byte for byte, and the checkpoint's args use it.
     copied = sorted(p.name for p in (tmp_path / "mg" / "tokenizer").iterdir())
     assert "tokenizer.json" in copied
@@ -146,7 +152,7 @@ def test_megatron_hf_megatron_is_identical(runs, tmp_path, name):
             assert not after[key][vocab:].any(), f"{key}: padding rows are not zero"
             tensor, after[key] = tensor[:vocab], after[key][:vocab]
         assert torch.equal(tensor, after[key]), key
-    assert Arch.from_args(load_common(original)["args"]) == Arch.from_args(load_common(converted)["args"])
+    assert ModelIdentity.from_checkpoint(load_common(original)) == ModelIdentity.from_checkpoint(load_common(converted))
 
 
 def _source_model_loss(hf_dir, tokens: torch.Tensor, labels: torch.Tensor) -> float:
@@ -254,11 +260,15 @@ def test_export_of_a_run_with_a_sentencepiece_tokenizer(tmp_path):
     sp_model = train_sentencepiece([str(corpus)], str(tmp_path / "sp"), vocab_size=300)
     random_llama(tmp_path / "hf", tied=False)
     hf_to_megatron(str(tmp_path / "hf"), str(tmp_path / "mg"), progress=False)
-    # Make it look like a training run's checkpoint: no import record, a SentencePiece tokenizer.
+    # Make it look like a training run's checkpoint from before the model identity (which records the true
+    # vocabulary): the model flags and padded vocabulary in args, no import record, a SentencePiece tokenizer.
     common_path = tmp_path / "mg" / "iter_0000000" / "common.pt"
     common = load_common(common_path.parent)
+    model = ModelIdentity.from_checkpoint(common)
+    common["args"].update(model.as_flags(), padded_vocab_size=model.padded_vocab_size)
     for key in ("hf_config", "hf_generation_config", "hf_model_format", "vocab_size"):
         common["args"].pop(key)
+    del common["model_identity"]
     common["args"].update(tokenizer_type="SentencePieceTokenizer", tokenizer_model=sp_model, mock_data=False)
     save_common(common_path.parent, common)
     for path in (tmp_path / "mg" / "tokenizer").iterdir():

@@ -46,7 +46,8 @@ def test_no_data_is_named():
 
 def test_preset_values_are_overridden_by_flags():
     args = parse_args(BASE + ["--num-layers", "2", "--hidden-size", "32"])
-    assert (args.num_layers, args.hidden_size, args.ffn_hidden_size) == (2, 32, 176)
+    model = args.model_identity
+    assert (model.num_layers, model.hidden_size, model.ffn_hidden_size) == (2, 32, 176)
 
 
 def test_missing_data_path_fails_fast_and_writes_nothing(tmp_path):

@@ -57,7 +57,8 @@ def test_split_without_validation_share_is_named(corpus):
 def test_logger_skips_a_missing_validation_loss(capsys):
     import torch
 
-    logger = TrainLogger(parse_args(MOCK + ["--eval-interval", "5"]), torch.device("cpu"), 512, writes=True)
+    args = parse_args(MOCK + ["--eval-interval", "5"])
+    logger = TrainLogger(args, args.model_identity.replace(vocab_size=512), torch.device("cpu"), writes=True)
     logger.validation(TrainState(iteration=0), None)
     assert capsys.readouterr().out == ""
     logger.validation(TrainState(iteration=5), 2.5)

@@ -21,13 +21,14 @@ PUBLISHED = {
 def test_full_size_preset_matches_the_published_architecture(name):
     layers, hidden, heads, groups, ffn, vocab, ctx, norm, eps, bias, rotary, interleaved, tied = PUBLISHED[name]
     args = parse_args(["--model-preset", name] + DATA, world_size=8)
-    assert (args.num_layers, args.hidden_size, args.num_attention_heads, args.ffn_hidden_size) == \
+    model = args.model_identity
+    assert (model.num_layers, model.hidden_size, model.num_attention_heads, model.ffn_hidden_size) == \
         (layers, hidden, heads, ffn)
-    assert (args.num_query_groups or heads) == groups
-    assert (args.vocab_size, args.seq_length, args.max_position_embeddings) == (vocab, ctx, ctx)
-    assert (args.normalization, args.norm_epsilon, args.add_bias_linear) == (norm, eps, bias)
-    assert (args.rotary_percent, args.rotary_interleaved, args.tie_embeddings) == (rotary, interleaved, tied)
-    assert args.swiglu and args.rotary_base == 10000.0
+    assert model.num_query_groups == groups
+    assert (args.vocab_size, args.seq_length, model.max_position_embeddings) == (vocab, ctx, ctx)
+    assert (model.normalization, model.norm_epsilon, model.add_bias_linear) == (norm, eps, bias)
+    assert (model.rotary_percent, model.rotary_interleaved, model.tie_embeddings) == (rotary, interleaved, tied)
+    assert args.swiglu and model.rotary_base == 10000.0
     config = transformer_config(args, on_cpu=True)
     assert config.kv_channels == hidden // heads  # 100 for OpenLLaMA-3B: not a power of two
     assert config.num_query_groups == groups
@@ -35,15 +36,16 @@ def test_full_size_preset_matches_the_published_architecture(name):
 
 
 def test_crystal_preset_has_crystals_mup():
-    args = parse_args(["--model-preset", "crystal-7b"] + DATA, world_size=8)
-    assert args.use_mup and args.mup_base_hidden_size == 256 and args.mup_base_init_std == 0.073
-    assert (args.mup_embeddings_scale, args.mup_output_alpha, args.mup_scale_qk_dot_by_d) == (14.6, 2.22, True)
+    model = parse_args(["--model-preset", "crystal-7b"] + DATA, world_size=8).model_identity
+    assert model.use_mup and model.mup_base_hidden_size == 256 and model.mup_base_init_std == 0.073
+    assert (model.mup_embeddings_scale, model.mup_output_alpha, model.mup_scale_qk_dot_by_d) == (14.6, 2.22, True)
 
 
 def test_any_flag_overrides_a_preset():
     args = parse_args(["--model-preset", "amber-7b", "--num-layers", "8", "--rotary-percent", "0.5",
                        "--group-query-attention", "--num-query-groups", "4"] + DATA, world_size=1)
-    assert (args.num_layers, args.rotary_percent, args.num_query_groups, args.hidden_size) == (8, 0.5, 4, 4096)
+    model = args.model_identity
+    assert (model.num_layers, model.rotary_percent, model.num_query_groups, model.hidden_size) == (8, 0.5, 4, 4096)
 
 
 def test_train_samples_sets_the_iterations():
