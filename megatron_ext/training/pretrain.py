@@ -40,42 +40,17 @@ def _run(args, platform) -> float | None:
 
 def _train(args, platform) -> float | None:
     # Imported here so --help and flag errors do not pay for megatron-core's import.
-    from megatron_ext.checkpoint.dist import check_save_target, load_checkpoint, save_checkpoint
-    from megatron_ext.checkpoint.paths import has_checkpoint
-    from megatron_ext.data.build import build_datasets, build_vocab, describe_data
-    from megatron_ext.data.loader import micro_batches
+    from megatron_ext.checkpoint.dist import save_checkpoint
+    from megatron_ext.data.build import describe_data
     from megatron_ext.models.gpt import count_parameters
-    from megatron_ext.training.build import build_trainable
-    from megatron_ext.training.logging import TrainLogger
-    from megatron_ext.training.loop import TrainState, evaluate, train
-    from megatron_ext.training.parallel import data_parallel_rank_and_size, initialize_parallel, is_last_rank
+    from megatron_ext.training.loop import evaluate, train
+    from megatron_ext.training.parallel import is_last_rank
+    from megatron_ext.training.run import build_run
     from megatron_ext.training.stopping import StopCheck
-    from megatron_ext.training.timers import PhaseTimers, timed_batches
 
-    initialize_parallel(args)
-    tokenizer, vocab_size = build_vocab(args)
-    identity = args.model_identity.replace(vocab_size=vocab_size)  # the tokenizer decides the vocabulary
-    if args.save:
-        check_save_target(args.save, args, identity)
-    built = build_trainable(args, platform.device, vocab_size)
-    model, optimizer, scheduler = built.model, built.optimizer, built.scheduler
-
-    state = TrainState()
-    if args.load and has_checkpoint(args.load):
-        state.iteration, state.consumed_samples = load_checkpoint(args.load, model, optimizer, scheduler, args,
-                                                                    identity)
-    elif args.load and is_last_rank():  # Megatron-LM's behaviour: --save X --load X on a first launch
-        print(f" > no checkpoint in --load {args.load} yet: starting from scratch", flush=True)
-    train_ds, valid_ds = build_datasets(args, tokenizer, vocab_size)
-    dp_rank, dp_size = data_parallel_rank_and_size()
-
-    timers = PhaseTimers(args.timing_log_level, platform.device)
-
-    def iterators(dataset, consumed, cycle):
-        return [timed_batches(micro_batches(dataset, consumed, args.micro_batch_size, dp_rank, dp_size,
-                                            args.num_workers, cycle=cycle), timers) for _ in model]
-
-    logger = TrainLogger(args, identity, platform.device, writes=is_last_rank(), timers=timers)
+    run = build_run(args, platform.device)
+    model, optimizer, scheduler, state = run.model, run.optimizer, run.scheduler, run.state
+    logger, timers, valid_ds = run.logger, run.timers, run.valid_dataset
     if is_last_rank():
         print(f" > {count_parameters(model):,} parameters on the last rank; layout TP{args.tensor_model_parallel_size}"
               f" x PP{args.pipeline_model_parallel_size} x DP{args.data_parallel_size} on {platform.device.type}"
@@ -86,13 +61,13 @@ def _train(args, platform) -> float | None:
         if valid_ds is None:
             return None
         with timers.phase("evaluate"):
-            return evaluate(model, iterators(valid_ds, 0, cycle=True), args)
+            return evaluate(model, run.batches(valid_ds, 0, cycle=True), args)
 
     saved_at = [None]
 
     def save(train_state):
         with timers.phase("save-checkpoint"):
-            path = save_checkpoint(args.save, model, optimizer, scheduler, train_state, args, identity)
+            path = save_checkpoint(args.save, model, optimizer, scheduler, train_state, args, run.identity)
         saved_at[0] = train_state.iteration
         if is_last_rank():
             print(f" > saved checkpoint at iteration {train_state.iteration} to {path}", flush=True)
@@ -103,7 +78,7 @@ def _train(args, platform) -> float | None:
     start_iteration = state.iteration
     try:
         final_loss, stop_reason = train(args, model, optimizer, scheduler, state,
-                                        iterators(train_ds, state.consumed_samples, cycle=False),
+                                        run.batches(run.train_dataset, state.consumed_samples, cycle=False),
                                         validation_loss if args.eval_interval else None, logger, save, stop_check,
                                         timers)
         if args.save and saved_at[0] != state.iteration:

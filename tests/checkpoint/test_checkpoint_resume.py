@@ -51,7 +51,7 @@ def test_checkpoint_layout_on_disk(uninterrupted):
         assert verify_checksums(str(directory)) is True
         common = torch.load(directory / "common.pt", map_location="cpu", weights_only=True)
         assert common["iteration"] == iteration and common["consumed_samples"] == iteration * 4  # global batch 4
-        assert common["args"]["tensor_model_parallel_size"] == 2 and common["args"]["num_layers"] == 4
+        assert common["args"]["tensor_model_parallel_size"] == 2 and common["model_identity"]["num_layers"] == 4
         assert common["opt_param_scheduler"]["num_steps"] == iteration * 4, common["opt_param_scheduler"]
         stored[iteration] = stored_tensors(directory)
     names = sorted(stored[TOTAL])
