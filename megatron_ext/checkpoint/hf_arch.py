@@ -1,9 +1,9 @@
 """The model as a checkpoint converter sees it: the Megatron tensors a ModelIdentity implies, the identity
-record an export leaves in config.json, and layout helpers shared by the Hugging Face formats
-(hf_llama.py, hf_crystalcoder.py) and the streaming converter (convert.py).
+record an export leaves in config.json, and the layout helpers the weight maps' steps use
+(weight_maps.py; one table per Hugging Face layout in hf_llama.py, hf_crystalcoder.py).
 
 Megatron tensors are named as GPTModel.state_dict() names them in a single-stage, single-rank
-model (`decoder.layers.3.mlp.linear_fc1.weight`); convert.py maps those names to the global
+model (`decoder.layers.3.mlp.linear_fc1.weight`); torch_dist_io.py maps those names to the global
 ShardedTensor keys of megatron-core's checkpoints. Layouts, fixed by megatron-core:
   * linear_qkv rows are grouped per query group g: [q heads of g; k of g; v of g], head_dim rows each;
   * linear_fc1 is [gate; up] (2F x H);

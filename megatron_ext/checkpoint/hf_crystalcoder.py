@@ -16,8 +16,8 @@ import json
 
 import torch
 
-from megatron_ext.checkpoint.hf_arch import (IDENTITY_KEY, ConversionError, Group, half_split_to_interleaved,
-                                             pack_qkv, pad_vocab, permute_head_channels, unpack_qkv)
+from megatron_ext.checkpoint.hf_arch import IDENTITY_KEY, ConversionError
+from megatron_ext.checkpoint.weight_maps import Entry, Fuse, PackQKV, RopeOrder, Split, Transpose, VocabRows
 from megatron_ext.models.identity import ModelIdentity
 
 NAME = "crystalcoder"
@@ -97,71 +97,32 @@ def ignorable(name: str, identity: ModelIdentity) -> bool:
 
 # ---- tensors ----------------------------------------------------------------------------------
 
-def to_megatron(group: Group, identity: ModelIdentity, get) -> dict:
-    if group.name == "embedding":
-        return {"embedding.word_embeddings.weight": pad_vocab(get("transformer.wte.weight"), identity.padded_vocab_size)}
-    if group.name == "final norm":
-        return {"decoder.final_layernorm.weight": get("transformer.ln_f.weight"),
-                "decoder.final_layernorm.bias": get("transformer.ln_f.bias")}
-    if group.name == "output":
-        return {"output_layer.weight": pad_vocab(get("lm_head.weight"), identity.padded_vocab_size)}
-    hf, mg = f"transformer.h.{group.layer}.", f"decoder.layers.{group.layer}."
-    h = identity.hidden_size
-    qkv_w = get(hf + "attn.c_attn.weight").t()  # [3H, H]: q, k, v blocks of H rows
-    qkv_b = get(hf + "attn.c_attn.bias")
-    return {
-        mg + "input_layernorm.weight": get(hf + "ln_1.weight"),
-        mg + "input_layernorm.bias": get(hf + "ln_1.bias"),
-        mg + "self_attention.linear_qkv.weight": pack_qkv(*torch.split(qkv_w, h), identity.num_query_groups),
-        mg + "self_attention.linear_qkv.bias": pack_qkv(*torch.split(qkv_b, h), identity.num_query_groups),
-        mg + "self_attention.linear_proj.weight": get(hf + "attn.c_proj.weight").t(),
-        mg + "self_attention.linear_proj.bias": get(hf + "attn.c_proj.bias"),
-        mg + "pre_mlp_layernorm.weight": get(hf + "ln_2.weight"),
-        mg + "pre_mlp_layernorm.bias": get(hf + "ln_2.bias"),
-        mg + "mlp.linear_fc1.weight": torch.cat([get(hf + "mlp.c_fc2.weight").t(), get(hf + "mlp.c_fc.weight").t()]),
-        mg + "mlp.linear_fc1.bias": torch.cat([get(hf + "mlp.c_fc2.bias"), get(hf + "mlp.c_fc.bias")]),
-        mg + "mlp.linear_fc2.weight": get(hf + "mlp.c_proj.weight").t(),
-        mg + "mlp.linear_fc2.bias": get(hf + "mlp.c_proj.bias"),
-    }
+H, MG = "transformer.h.{layer}.", "decoder.layers.{layer}."
+# Conv1D always has a bias; a Megatron model without one exports zeros (and imports only zeros).
+NO_BIAS = "the Megatron model has no such bias (it was trained without --add-bias-linear)"
+# c_attn's [q; k; v] blocks -> linear_qkv; GPT-J RoPE order, reordered for a half-split model.
+QKV = (Split(3), RopeOrder(hf_interleaved=True), PackQKV())
 
-
-def to_hf(group: Group, identity: ModelIdentity, t: dict) -> dict:
-    vocab = identity.vocab_size
-    if group.name == "embedding":
-        return {"transformer.wte.weight": t["embedding.word_embeddings.weight"][:vocab]}
-    if group.name == "final norm":
-        return {"transformer.ln_f.weight": t["decoder.final_layernorm.weight"],
-                "transformer.ln_f.bias": t["decoder.final_layernorm.bias"]}
-    if group.name == "output":
-        return {"lm_head.weight": t["output_layer.weight"][:vocab]}
-    hf, mg = f"transformer.h.{group.layer}.", f"decoder.layers.{group.layer}."
-    weight = t[mg + "self_attention.linear_qkv.weight"]
-
-    def bias(name, size):  # Conv1D always has a bias; a bias-free Megatron layer exports zeros
-        found = t.get(mg + name)
-        return found if found is not None else weight.new_zeros(size)
-
-    q, k, v = unpack_qkv(weight, identity)
-    qb, kb, vb = unpack_qkv(bias("self_attention.linear_qkv.bias", weight.shape[0]), identity)
-    if not identity.rotary_interleaved:  # half-split RoPE: move each rotated pair to GPT-J's order
-        perm = half_split_to_interleaved(identity.kv_channels, identity.rotary_dim)
-        q, k, qb, kb = (permute_head_channels(x, identity.kv_channels, perm) for x in (q, k, qb, kb))
-    gate, up = torch.chunk(t[mg + "mlp.linear_fc1.weight"], 2)
-    gate_b, up_b = torch.chunk(bias("mlp.linear_fc1.bias", 2 * identity.ffn_hidden_size), 2)
-    return {
-        hf + "ln_1.weight": t[mg + "input_layernorm.weight"],
-        hf + "ln_1.bias": t[mg + "input_layernorm.bias"],
-        hf + "attn.c_attn.weight": torch.cat([q, k, v]).t(),
-        hf + "attn.c_attn.bias": torch.cat([qb, kb, vb]),
-        hf + "attn.c_proj.weight": t[mg + "self_attention.linear_proj.weight"].t(),
-        hf + "attn.c_proj.bias": bias("self_attention.linear_proj.bias", identity.hidden_size),
-        hf + "ln_2.weight": t[mg + "pre_mlp_layernorm.weight"],
-        hf + "ln_2.bias": t[mg + "pre_mlp_layernorm.bias"],
-        hf + "mlp.c_fc.weight": up.t(), hf + "mlp.c_fc.bias": up_b,
-        hf + "mlp.c_fc2.weight": gate.t(), hf + "mlp.c_fc2.bias": gate_b,
-        hf + "mlp.c_proj.weight": t[mg + "mlp.linear_fc2.weight"].t(),
-        hf + "mlp.c_proj.bias": bias("mlp.linear_fc2.bias", identity.hidden_size),
-    }
+# Megatron tensor <- HF tensor(s), steps in import order; an export runs them backwards (weight_maps.py).
+WEIGHTS = (
+    Entry("embedding.word_embeddings.weight", "transformer.wte.weight", VocabRows()),
+    Entry(MG + "input_layernorm.weight", H + "ln_1.weight"),
+    Entry(MG + "input_layernorm.bias", H + "ln_1.bias"),
+    Entry(MG + "self_attention.linear_qkv.weight", H + "attn.c_attn.weight", Transpose(), *QKV),
+    Entry(MG + "self_attention.linear_qkv.bias", H + "attn.c_attn.bias", *QKV, absent=NO_BIAS),
+    Entry(MG + "self_attention.linear_proj.weight", H + "attn.c_proj.weight", Transpose()),
+    Entry(MG + "self_attention.linear_proj.bias", H + "attn.c_proj.bias", absent=NO_BIAS),
+    Entry(MG + "pre_mlp_layernorm.weight", H + "ln_2.weight"),
+    Entry(MG + "pre_mlp_layernorm.bias", H + "ln_2.bias"),
+    # c_proj(c_fc(x) * silu(c_fc2(x))): c_fc2 is the gate, so linear_fc1 = [c_fc2; c_fc].
+    Entry(MG + "mlp.linear_fc1.weight", (H + "mlp.c_fc2.weight", H + "mlp.c_fc.weight"), Transpose(), Fuse()),
+    Entry(MG + "mlp.linear_fc1.bias", (H + "mlp.c_fc2.bias", H + "mlp.c_fc.bias"), Fuse(), absent=NO_BIAS),
+    Entry(MG + "mlp.linear_fc2.weight", H + "mlp.c_proj.weight", Transpose()),
+    Entry(MG + "mlp.linear_fc2.bias", H + "mlp.c_proj.bias", absent=NO_BIAS),
+    Entry("decoder.final_layernorm.weight", "transformer.ln_f.weight"),
+    Entry("decoder.final_layernorm.bias", "transformer.ln_f.bias"),
+    Entry("output_layer.weight", "lm_head.weight", VocabRows()),
+)
 
 
 # ---- config -----------------------------------------------------------------------------------

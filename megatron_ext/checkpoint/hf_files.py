@@ -17,11 +17,14 @@ import json
 import os
 import shutil
 import struct
+import sys
 
 import torch
 
 from megatron_ext.checkpoint.hf_arch import ConversionError
 
+# Where an import keeps the source's remote code (configuration_*.py, modeling_*.py), next to tokenizer/.
+CODE_DIR = "hf_code"
 SAFE_INDEX, BIN_INDEX = "model.safetensors.index.json", "pytorch_model.bin.index.json"
 SAFE_SINGLE, BIN_SINGLE = "model.safetensors", "pytorch_model.bin"
 
@@ -282,3 +285,55 @@ def _copy_files(source_dir: str, dest_dir: str, wanted) -> list[str]:
         for name in names:
             shutil.copy2(os.path.join(source_dir, name), os.path.join(dest_dir, name))
     return names
+
+
+# ---- an export's tokenizer and remote code ------------------------------------------------------
+
+def export_tokenizer(root: str, args: dict, out: str) -> None:
+    """The checkpoint's tokenizer/ (an import's copy), else the run's --tokenizer-model, into the export."""
+    copied = copy_tokenizer(os.path.join(root, "tokenizer"), out)
+    model = args.get("tokenizer_model")
+    if not copied and model and os.path.isdir(model):
+        copied = copy_tokenizer(model, out)
+    elif not copied and model and os.path.isfile(model):
+        copied = _sentencepiece_tokenizer(model, out)
+    if not copied:
+        print("warning: the checkpoint has no tokenizer (mock data or a missing tokenizer file); the export has "
+              "none: add the tokenizer files to the output directory", file=sys.stderr)
+
+
+def export_remote_code(root: str, args: dict, tmp: str, out: str) -> None:
+    """The modules the written config.json's auto_map points to (CrystalCoder's configuration and
+    modeling code), from the import's hf_code/ (or, for a run that saved elsewhere, next to the
+    tokenizer it trained with). Without them the weights are still written, with a warning."""
+    needed = auto_map_modules(read_json(os.path.join(tmp, "config.json"), "config file"))
+    if not needed:
+        return
+    model = args.get("tokenizer_model")
+    sources = [os.path.join(root, CODE_DIR)]
+    if model and os.path.isdir(model):  # the imported checkpoint's tokenizer/ (or an HF directory itself)
+        sources += [model, os.path.join(os.path.dirname(os.path.normpath(model)), CODE_DIR)]
+    for source in sources:
+        if copy_remote_code(source, tmp):
+            break
+    missing = [m for m in needed if not os.path.isfile(os.path.join(tmp, m))]
+    if missing:
+        whose = ("CrystalCoder's modeling files (from its Hugging Face repository, e.g. LLM360/CrystalCoder)"
+                 if "crystalcoder" in " ".join(missing) else "the model's modeling files")
+        print(f"warning: {out}/config.json's auto_map needs {', '.join(missing)}, which the checkpoint does not "
+              f"carry: the weights are written, but the model loads with trust_remote_code=True only after you "
+              f"copy {whose} into {out}", file=sys.stderr)
+
+
+def _sentencepiece_tokenizer(model: str, out: str) -> list[str]:
+    """The run's SentencePiece .model as LLaMA checkpoints ship it: tokenizer.model, plus the
+    tokenizer.json/tokenizer_config.json transformers converts it to (so AutoTokenizer loads it)."""
+    shutil.copy2(model, os.path.join(out, "tokenizer.model"))
+    try:
+        from transformers import LlamaTokenizer
+
+        LlamaTokenizer.from_pretrained(out).save_pretrained(out)
+    except Exception as exc:  # tokenizer.model alone still serves SentencePiece users
+        print(f"warning: transformers could not convert {model} ({exc}); the export has tokenizer.model only",
+              file=sys.stderr)
+    return ["tokenizer.model"]

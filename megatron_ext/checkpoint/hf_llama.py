@@ -3,7 +3,8 @@
 HF names: model.embed_tokens, model.layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj,
 post_attention_layernorm, mlp.{gate,up,down}_proj}, model.norm, lm_head. nn.Linear weights are
 [out, in] like Megatron's, so only the fused tensors change layout: q/k/v <-> linear_qkv (grouped per
-query group) and gate/up <-> linear_fc1 ([gate; up]).
+query group) and gate/up <-> linear_fc1 ([gate; up]). WEIGHTS below is the map both directions run
+(weight_maps.py); the config functions translate config.json to and from the ModelIdentity.
 
 Exporting a model this format cannot express exactly is refused, except two cases that have an
 exact equivalent: interleaved RoPE (q/k rows reordered into "rotate half" order) and μP (multipliers
@@ -14,13 +15,12 @@ in config.json (hf_arch.IDENTITY_KEY), so an import of it undoes both folds and 
 from __future__ import annotations
 
 import json
-import math
 
 import torch
 
-from megatron_ext.checkpoint.hf_arch import (IDENTITY_KEY, ConversionError, Group, half_split_to_interleaved,
-                                             interleaved_to_half_split, pack_qkv, pad_vocab, permute_head_channels,
-                                             unpack_qkv)
+from megatron_ext.checkpoint.hf_arch import IDENTITY_KEY, ConversionError
+from megatron_ext.checkpoint.weight_maps import (Entry, Fuse, PackQKV, RopeOrder, Scale, VocabRows,
+                                                 embedding_multiplier, key_scale, logits_multiplier)
 from megatron_ext.models.identity import ModelIdentity
 
 NAME = "llama"
@@ -89,114 +89,45 @@ def ignorable(name: str, identity: ModelIdentity) -> bool:
 
 # ---- tensors ----------------------------------------------------------------------------------
 
-def to_megatron(group: Group, identity: ModelIdentity, get) -> dict:
-    """Megatron tensors of one group; get(hf_name) returns an HF tensor. For a model whose export folded μP
-    or interleaved RoPE into the weights (its identity says so), the folds are undone."""
-    if group.name == "embedding":
-        weight = _scaled(get("model.embed_tokens.weight"), 1.0 / identity.embedding_multiplier)
-        return {"embedding.word_embeddings.weight": pad_vocab(weight, identity.padded_vocab_size)}
-    if group.name == "final norm":
-        return {"decoder.final_layernorm.weight": get("model.norm.weight")}
-    if group.name == "output":
-        weight = _scaled(get("lm_head.weight"), 1.0 / identity.logits_multiplier)
-        return {"output_layer.weight": pad_vocab(weight, identity.padded_vocab_size)}
-    hf, mg = f"model.layers.{group.layer}.", f"decoder.layers.{group.layer}."
-    attn = hf + "self_attn."
-    q, k = _interleaved_order(identity, get(attn + "q_proj.weight"), _scaled(get(attn + "k_proj.weight"),
-                                                                          1.0 / _k_scale(identity)))
-    out = {
-        mg + "input_layernorm.weight": get(hf + "input_layernorm.weight"),
-        mg + "self_attention.linear_qkv.weight": pack_qkv(q, k, get(attn + "v_proj.weight"),
-                                                          identity.num_query_groups),
-        mg + "self_attention.linear_proj.weight": get(attn + "o_proj.weight"),
-        mg + "pre_mlp_layernorm.weight": get(hf + "post_attention_layernorm.weight"),
-        mg + "mlp.linear_fc1.weight": torch.cat([get(hf + "mlp.gate_proj.weight"), get(hf + "mlp.up_proj.weight")]),
-        mg + "mlp.linear_fc2.weight": get(hf + "mlp.down_proj.weight"),
-    }
-    if identity.qkv_bias:
-        q_bias, k_bias = _interleaved_order(identity, get(attn + "q_proj.bias"),
-                                            _scaled(get(attn + "k_proj.bias"), 1.0 / _k_scale(identity)))
-        out[mg + "self_attention.linear_qkv.bias"] = pack_qkv(q_bias, k_bias, get(attn + "v_proj.bias"),
-                                                              identity.num_query_groups)
-    if identity.add_bias_linear:
-        out[mg + "self_attention.linear_proj.bias"] = get(attn + "o_proj.bias")
-        out[mg + "mlp.linear_fc1.bias"] = torch.cat([get(hf + "mlp.gate_proj.bias"), get(hf + "mlp.up_proj.bias")])
-        out[mg + "mlp.linear_fc2.bias"] = get(hf + "mlp.down_proj.bias")
-    elif identity.qkv_bias:  # attention_bias only: Megatron has no o_proj bias, so it must be zero
-        bias = get(attn + "o_proj.bias")
-        if not bias.is_meta and bool(bias.any()):
-            raise ConversionError(f"{attn}o_proj.bias is not zero, but with attention_bias and no mlp_bias the "
-                                  "Megatron model (--add-qkv-bias) has no attention output bias")
-    return out
+def _tied_mup(m: ModelIdentity) -> bool:
+    return m.tie_embeddings and m.use_mup  # folding the multipliers unties the two uses of the embedding
 
 
-def _scaled(tensor: torch.Tensor, scale: float) -> torch.Tensor:
-    # In fp32, so a bf16 weight is rounded once (on the final cast), not twice.
-    return tensor if scale == 1.0 else tensor.float() * scale
+def _attention_bias(m: ModelIdentity) -> bool:
+    return m.qkv_bias  # attention_bias covers q, k, v and o alike
 
 
-def _k_scale(identity: ModelIdentity) -> float:
-    """μP's 1/d attention becomes LLaMA's 1/sqrt(d) when k carries the other 1/sqrt(d)."""
-    return 1.0 / math.sqrt(identity.kv_channels) if identity.attention_scores_by_d else 1.0
+def _mlp_bias(m: ModelIdentity) -> bool:
+    return m.add_bias_linear
 
 
-def _interleaved_order(identity: ModelIdentity, q, k):
-    """An export's "rotate half" q/k rows back in the interleaved order the model rotates (import)."""
-    if not identity.rotary_interleaved:
-        return q, k
-    perm = half_split_to_interleaved(identity.kv_channels, identity.rotary_dim)
-    return permute_head_channels(q, identity.kv_channels, perm), permute_head_channels(k, identity.kv_channels, perm)
+L, MG = "model.layers.{layer}.", "decoder.layers.{layer}."
+ATTN = L + "self_attn."
+# q/k/v -> linear_qkv: k carries μP's second 1/sqrt(d); "rotate half" rows, reordered for an interleaved model.
+QKV = (Scale(key_scale, on=(1,)), RopeOrder(hf_interleaved=False), PackQKV())
+NO_O_BIAS = ("with attention_bias and no mlp_bias the Megatron model (--add-qkv-bias) has no attention output "
+             "bias")
 
-
-def to_hf(group: Group, identity: ModelIdentity, t: dict) -> dict:
-    """HF tensors of one group from its Megatron tensors (t: Megatron name -> tensor)."""
-    vocab = identity.vocab_size
-    if group.name == "embedding":
-        weight = t["embedding.word_embeddings.weight"][:vocab]
-        out = {"model.embed_tokens.weight": _scaled(weight, identity.embedding_multiplier)}
-        if identity.tie_embeddings and identity.use_mup:  # folding the multipliers unties the two uses
-            out["lm_head.weight"] = _scaled(weight, identity.logits_multiplier)
-        return out
-    if group.name == "final norm":
-        return {"model.norm.weight": t["decoder.final_layernorm.weight"]}
-    if group.name == "output":
-        return {"lm_head.weight": _scaled(t["output_layer.weight"][:vocab], identity.logits_multiplier)}
-    hf, mg = f"model.layers.{group.layer}.", f"decoder.layers.{group.layer}."
-    attn = hf + "self_attn."
-    q, k, v = unpack_qkv(t[mg + "self_attention.linear_qkv.weight"], identity)
-    biases = (unpack_qkv(t[mg + "self_attention.linear_qkv.bias"], identity) if identity.qkv_bias else None)
-    q, k, biases = _rotate_half_order(identity, q, k, biases)
-    k_scale = _k_scale(identity)
-    gate, up = torch.chunk(t[mg + "mlp.linear_fc1.weight"], 2)
-    out = {
-        hf + "input_layernorm.weight": t[mg + "input_layernorm.weight"],
-        attn + "q_proj.weight": q, attn + "k_proj.weight": _scaled(k, k_scale), attn + "v_proj.weight": v,
-        attn + "o_proj.weight": t[mg + "self_attention.linear_proj.weight"],
-        hf + "post_attention_layernorm.weight": t[mg + "pre_mlp_layernorm.weight"],
-        hf + "mlp.gate_proj.weight": gate, hf + "mlp.up_proj.weight": up,
-        hf + "mlp.down_proj.weight": t[mg + "mlp.linear_fc2.weight"],
-    }
-    if identity.qkv_bias:  # attention_bias covers q, k, v and o alike
-        out[attn + "q_proj.bias"], out[attn + "k_proj.bias"], out[attn + "v_proj.bias"] = (
-            biases[0], _scaled(biases[1], k_scale), biases[2])
-        proj_bias = t.get(mg + "self_attention.linear_proj.bias")
-        out[attn + "o_proj.bias"] = proj_bias if proj_bias is not None else q.new_zeros(identity.hidden_size)
-    if identity.add_bias_linear:
-        gate_bias, up_bias = torch.chunk(t[mg + "mlp.linear_fc1.bias"], 2)
-        out[hf + "mlp.gate_proj.bias"], out[hf + "mlp.up_proj.bias"] = gate_bias, up_bias
-        out[hf + "mlp.down_proj.bias"] = t[mg + "mlp.linear_fc2.bias"]
-    return out
-
-
-def _rotate_half_order(identity: ModelIdentity, q, k, biases):
-    if not identity.rotary_interleaved:
-        return q, k, biases
-    perm = interleaved_to_half_split(identity.kv_channels, identity.rotary_dim)
-    d = identity.kv_channels
-    q, k = permute_head_channels(q, d, perm), permute_head_channels(k, d, perm)
-    if biases is not None:
-        biases = (permute_head_channels(biases[0], d, perm), permute_head_channels(biases[1], d, perm), biases[2])
-    return q, k, biases
+# Megatron tensor <- HF tensor(s), steps in import order; an export runs them backwards.
+WEIGHTS = (
+    Entry("embedding.word_embeddings.weight", "model.embed_tokens.weight", Scale(embedding_multiplier), VocabRows()),
+    Entry("embedding.word_embeddings.weight", "lm_head.weight", Scale(logits_multiplier), VocabRows(),
+          when=_tied_mup, export_only=True),
+    Entry(MG + "input_layernorm.weight", L + "input_layernorm.weight"),
+    Entry(MG + "self_attention.linear_qkv.weight",
+          (ATTN + "q_proj.weight", ATTN + "k_proj.weight", ATTN + "v_proj.weight"), *QKV),
+    Entry(MG + "self_attention.linear_proj.weight", ATTN + "o_proj.weight"),
+    Entry(MG + "pre_mlp_layernorm.weight", L + "post_attention_layernorm.weight"),
+    Entry(MG + "mlp.linear_fc1.weight", (L + "mlp.gate_proj.weight", L + "mlp.up_proj.weight"), Fuse()),
+    Entry(MG + "mlp.linear_fc2.weight", L + "mlp.down_proj.weight"),
+    Entry(MG + "self_attention.linear_qkv.bias", (ATTN + "q_proj.bias", ATTN + "k_proj.bias", ATTN + "v_proj.bias"),
+          *QKV, when=_attention_bias),
+    Entry(MG + "self_attention.linear_proj.bias", ATTN + "o_proj.bias", when=_attention_bias, absent=NO_O_BIAS),
+    Entry(MG + "mlp.linear_fc1.bias", (L + "mlp.gate_proj.bias", L + "mlp.up_proj.bias"), Fuse(), when=_mlp_bias),
+    Entry(MG + "mlp.linear_fc2.bias", L + "mlp.down_proj.bias", when=_mlp_bias),
+    Entry("decoder.final_layernorm.weight", "model.norm.weight"),
+    Entry("output_layer.weight", "lm_head.weight", Scale(logits_multiplier), VocabRows()),
+)
 
 
 # ---- config -----------------------------------------------------------------------------------
