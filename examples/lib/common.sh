@@ -5,8 +5,10 @@
 #   ex_torchrun ARGS...                                pretrain_llama.py under torchrun (multi-node from env)
 #   ex_has_checkpoint DIR                              true when DIR holds a pretrain_llama.py checkpoint
 #   ex_load_dir SAVE INIT                              SAVE when it has a checkpoint (resume), else INIT
-#   ex_smoke_tokenizer DIR                             tokenizer on the bundled corpus (cached)
+#   ex_smoke_tokenizer DIR                             sentencepiece tokenizer on the bundled corpus (cached)
+#   ex_smoke_neox_tokenizer DIR                        GPT-NeoX-style byte-level BPE (DIR/tokenizer.json) on it (cached)
 #   ex_smoke_preprocess DIR TOKENIZER [SPECIAL]        bundled english + code corpus -> DIR/{english,code}_text_document
+#                                                      (TOKENIZER: a sentencepiece .model, or a HF tokenizer directory)
 
 EX_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$EX_REPO"
@@ -86,14 +88,25 @@ ex_smoke_tokenizer() {  # DIR -> echoes DIR/smoke.model
   echo "$dir/smoke.model"
 }
 
+ex_smoke_neox_tokenizer() {  # DIR -> echoes DIR (holding tokenizer.json, as DCLM ships GPT-NeoX-20B's)
+  local dir=$1
+  if [ ! -f "$dir/tokenizer.json" ]; then
+    ex_log "training a 384-token GPT-NeoX-style byte-level BPE on data/corpus" >&2
+    "$PYTHON" tools/train_tokenizer.py --type bpe --input data/corpus/english.jsonl data/corpus/code.jsonl \
+      --output-dir "$dir" --vocab-size 384 >&2
+  fi
+  echo "$dir"
+}
+
 ex_smoke_preprocess() {  # DIR TOKENIZER [SPECIAL_TOKENS]; both parts in parallel
-  local dir=$1 tok=$2 special=${3:-} part pids=() extra=()
+  local dir=$1 tok=$2 special=${3:-} part pids=() extra=() type=SentencePieceTokenizer
   [ -n "$special" ] && extra=(--special-tokens "$special")
+  [ -d "$tok" ] && type=HuggingFaceTokenizer  # a directory with tokenizer.json (GPT-NeoX style)
   for part in english code; do
     if [ ! -f "$dir/${part}_text_document.idx" ]; then
       ex_log "preprocessing data/corpus/$part.jsonl"
       "$PYTHON" tools/preprocess_data.py --input "data/corpus/$part.jsonl" --output-prefix "$dir/$part" \
-        --tokenizer-type SentencePieceTokenizer --tokenizer-model "$tok" "${extra[@]}" \
+        --tokenizer-type "$type" --tokenizer-model "$tok" "${extra[@]}" \
         --append-eod --workers 1 --no-progress &
       pids+=($!)
     fi

@@ -18,6 +18,8 @@ EXAMPLES = {
     # the smoke tokenizer's 490 pieces (the padding rows to 512 are dropped on export)
     "amber_7b.sh": ("llama", 490),
     "openllama_3b.sh": ("llama", 490),
+    # a 384-token GPT-NeoX-style BPE padded to 512 rows (--vocab-pad-to), as DCLM-1B pads GPT-NeoX's 50277 to 50432
+    "dclm_1b.sh": ("openlm", 512),
 }
 ITERATION = re.compile(r"^\s*iteration\s+(\d+)/\s*(\d+)\s*\|", re.M)
 
@@ -51,7 +53,7 @@ def test_example_smoke(script, tmp_path):
     assert config["vocab_size"] == vocab
     # Trained on the bundled corpus (tokenizer trained on it, both parts preprocessed), not mock data.
     assert "--mock-data" not in out
-    assert (hf / "tokenizer.model").is_file()
+    assert (hf / ("tokenizer.json" if script == "dclm_1b.sh" else "tokenizer.model")).is_file()
     for part in ("english", "code"):
         assert (work / "data" / f"{part}_text_document.bin").stat().st_size > 100_000
     if script == "crystal_phase2.sh":
@@ -65,11 +67,43 @@ def test_example_smoke(script, tmp_path):
     elif script == "amber_7b.sh":  # Amber's mix is given in tokens; so is its smoke stand-in
         assert "--data-mix" in out
         assert all("tokens" in source for source in json.loads((work / "smoke_mix.json").read_text())["sources"])
+    elif script == "dclm_1b.sh":
+        check_dclm_smoke(work, hf, config, out)
     else:  # OpenLLaMA's recipe takes Megatron's --data-path weights
         assert re.search(r"--data-path 0\.5 \S+/english_text_document 0\.5 \S+/code_text_document", out), out[-3000:]
     # Training moved the loss on real text (validation at iteration 0 is the untrained model's).
     valid = [float(v) for v in re.findall(r"validation loss at iteration \d+ \| lm loss value: (\S+) \|", out)]
     assert valid and all(4.0 < v < 8.0 for v in valid), valid
+
+
+def check_dclm_smoke(work, hf, config, out):
+    """DCLM-1B: open_lm layout in and out, the GPT-NeoX-style tokenizer through the whole pipeline."""
+    from safetensors import safe_open
+
+    # The tiny open_lm-layout stand-in was converted once; the run used the tokenizer the converter copied.
+    assert (work / "converted" / "latest_checkpointed_iteration.txt").is_file()
+    assert (work / "hf_dclm" / "tokenizer.json").is_file() and (work / "converted" / "tokenizer" / "tokenizer.json").is_file()
+    assert f"--tokenizer-type HuggingFaceTokenizer --tokenizer-model {work}/converted/tokenizer" in out, out[-3000:]
+    assert "--vocab-pad-to 512" in out and "--data-mix" in out
+    assert "layout TP2 x PP1 x DP1 on cpu (gloo)" in out and "--sequence-parallel" in out
+    # The export is open_lm's layout as TRI-ML/DCLM-1B publishes it, with the tokenizer byte for byte.
+    trained = (work / "tokenizer" / "tokenizer.json").read_bytes()
+    assert (hf / "tokenizer.json").read_bytes() == trained
+    vocab = json.loads(trained)
+    assert len(vocab["model"]["vocab"]) == 384 and vocab["added_tokens"][0]["content"] == "<|endoftext|>"
+    assert (config["norm_type"], config["apply_qk_norm"], config["weight_tying"]) == ("gain_only_lp_layer_norm", True, False)
+    assert (config["dim"], config["n_layers"], config["n_heads"], config["seq_len"]) == (64, 4, 4, 64)
+    names = set()
+    for file in hf.glob("*.safetensors"):
+        with safe_open(str(file), "pt") as f:
+            names |= set(f.keys())
+            if "model.layers.0.attention.pos_embed.inv_freq" in f.keys():
+                assert str(f.get_tensor("model.layers.0.attention.pos_embed.inv_freq").dtype) == "torch.float32"
+    layer = {f"model.layers.{i}.{n}" for i in range(4) for n in (
+        "attention.in_proj.weight", "attention.out_proj.weight", "attention.q_norm.weight", "attention.k_norm.weight",
+        "attention.pos_embed.inv_freq", "feed_forward.w12.weight", "feed_forward.w3.weight",
+        "attention_norm.weight", "ffn_norm.weight")}
+    assert names == layer | {"model.tok_embeddings.weight", "model.norm.weight", "model.output.weight"}, sorted(names)
 
 
 def test_slurm_batch_file_passes_the_rendezvous_to_the_recipe(tmp_path):
@@ -106,3 +140,17 @@ def test_example_help_lists_variables():
                              env={**launch.test_env(), "PYTHON": sys.executable}, stdout=subprocess.PIPE, text=True).stdout
     for value in ("0.0087825", "1.3679e-4", "2048", "data/mixes/crystal_phase2.json"):
         assert value in crystal, value
+    dclm = subprocess.run(["bash", str(REPO / "examples" / "dclm_1b.sh"), "--help"], cwd=REPO,
+                          env={**launch.test_env(), "PYTHON": sys.executable}, stdout=subprocess.PIPE, text=True).stdout
+    # the continued-pretraining schedule is documented as a choice, and the DCLM-1B vocabulary padding is kept
+    for value in ("CHOICE, not DCLM's numbers", "= 3e-4", "= 50432", "= HuggingFaceTokenizer", "converted/tokenizer"):
+        assert value in dclm, value
+
+
+def test_dclm_recipe_requires_data(tmp_path):
+    """Without SMOKE there is no default mix: the recipe says what to set before creating anything."""
+    proc = subprocess.run(["bash", str(REPO / "examples" / "dclm_1b.sh")], cwd=REPO,
+                          env={**launch.test_env(), "PYTHON": sys.executable, "WORK": str(tmp_path / "w")},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "set DATA_MIX" in proc.stderr, proc.stdout + proc.stderr
+    assert not (tmp_path / "w").exists()
