@@ -43,7 +43,7 @@ def init_(tensor: torch.Tensor, name: str, rules: Rules,
                 f"mup.init_: {name} has fan-in {tensor.shape[1]} but the global fan-in is "
                 f"{expected}; initialise the full unsharded tensor, then shard it")
         std = rules.init_std(name)
+        cut = getattr(rules, "truncation_sigmas", TRUNC_SIGMAS)  # rules that follow another recipe's cut
         sample = torch.empty(tensor.shape, dtype=torch.float32, device=generator.device)
-        torch.nn.init.trunc_normal_(sample, mean=0.0, std=std, a=-TRUNC_SIGMAS * std,
-                                    b=TRUNC_SIGMAS * std, generator=generator)
+        torch.nn.init.trunc_normal_(sample, mean=0.0, std=std, a=-cut * std, b=cut * std, generator=generator)
         return tensor.copy_(sample)

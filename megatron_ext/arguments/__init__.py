@@ -1,9 +1,10 @@
 """Command-line flags of pretrain_llama.py: Megatron-LM's names, grouped by concern.
 
-parse_args() applies --model-preset (and, with --load, the checkpoint's model identity) as defaults,
-so any explicit flag overrides them, maps the model flags onto one ModelIdentity (`args.model_identity`;
-the individual model flags are removed from the namespace, so nothing reads a stale copy), then
-validates the layout before any process group exists.
+parse_config() returns them as typed, frozen configs by concern (arguments/configs.py), what the library
+takes; parse_args() the validated flags themselves (read-only). Both apply --model-preset (and, with --load,
+the checkpoint's model identity) as defaults, so any explicit flag overrides them; map the model flags onto one
+ModelIdentity (`args.model_identity`: the individual model flags leave the namespace, so nothing reads a stale
+copy); and validate the layout before any process group exists.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import sys
 
 from megatron_ext.arguments.checkpoint import add_checkpoint_args
+from megatron_ext.arguments.configs import RunConfig
 from megatron_ext.arguments.data import add_data_args
 from megatron_ext.arguments.from_checkpoint import checkpoint_model_flags, checkpoint_tokenizer_flags
 from megatron_ext.arguments.logging import add_logging_args
@@ -80,7 +82,27 @@ def parse_args(argv: list[str] | None = None, world_size: int | None = None,
     if world_size is None:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
     validate(args, world_size)
-    return args
+    return _read_only(args)
+
+
+def parse_config(argv: list[str] | None = None, world_size: int | None = None,
+                 defaults: dict | None = None) -> RunConfig:
+    """The validated flags as typed configs by concern (arguments/configs.py): what the library takes."""
+    return RunConfig.from_flags(parse_args(argv, world_size, defaults))
+
+
+class Flags(argparse.Namespace):
+    """The validated flags, read-only: what a run was given, never a place to pass values along."""
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"the validated flags are read-only (setting {name!r}): derive the value in "
+                             "arguments/validate.py, or pass it explicitly")
+
+
+def _read_only(args: argparse.Namespace) -> Flags:
+    flags = Flags.__new__(Flags)
+    flags.__dict__.update(vars(args))
+    return flags
 
 
 def flat_flags(args: argparse.Namespace) -> dict:

@@ -59,3 +59,10 @@ def checkpoint_tokenizer_flags(root: str) -> dict:
     if flags.get("tokenizer_model") and not os.path.exists(flags["tokenizer_model"]) and os.path.isdir(carried):
         flags["tokenizer_model"] = carried
     return flags
+
+
+def checkpoint_provenance(root: str) -> dict:
+    """What an import recorded about its Hugging Face source (hf_model_format, hf_config, ...), so checkpoints
+    trained from it carry it on and their export restores the config fields Megatron does not model."""
+    saved = _saved_common(root).get("args") or {}
+    return {key: value for key, value in saved.items() if key.startswith("hf_")}

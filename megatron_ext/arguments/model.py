@@ -26,6 +26,18 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                    help="RMSNorm (LLaMA) or LayerNorm (default RMSNorm; preset may set it)")
     g.add_argument("--norm-epsilon", type=float,
                    help="epsilon of the norms (default 1e-5; preset may set it)")
+    g.add_argument("--layernorm-bias", action=argparse.BooleanOptionalAction, default=None,
+                   help="LayerNorm with a bias (default); --no-layernorm-bias: gain only, as open_lm (DCLM-1B)")
+    g.add_argument("--qk-norm", choices=["head", "full"], default=None,
+                   help="normalise queries and keys before attention: head = one norm of head-dim channels "
+                        "shared by all heads (Megatron-LM's --qk-layernorm); full = one norm over all heads of the "
+                        "projection, before the head split (open_lm, DCLM-1B; exact under TP)")
+    g.add_argument("--qk-layernorm", dest="qk_norm", action="store_const", const="head",
+                   help="Megatron-LM's flag: same as --qk-norm head")
+    g.add_argument("--init-method", choices=["normal", "open_lm"], default=None,
+                   help="normal: std --init-method-std, residual outputs / sqrt(2 x layers), cut at 2 std; "
+                        "open_lm: std 1/sqrt(fan-in), residual outputs / sqrt(2 (layer + 1)), cut at 3 std "
+                        "(a from-scratch DCLM run)")
     g.add_argument("--swiglu", action="store_true", default=True, 
                    help="accepted for Megatron-LM scripts, a no-op: SwiGLU is the only MLP here, so "
                         "omitting it does not give Megatron-LM's GeLU MLP")

@@ -162,6 +162,9 @@ def _validate_misc(args) -> None:
                           "it there is no parameter all-gather to overlap): add it, or drop --overlap-param-gather")
     if args.overlap_param_gather and not args.overlap_grad_reduce:
         raise ConfigError("--overlap-param-gather needs --overlap-grad-reduce (as in Megatron-LM): add it")
+    if args.layer_spec == "megatron-local" and (args.model_identity.qk_norm or not args.model_identity.layernorm_bias):
+        raise ConfigError("--layer-spec megatron-local (megatron-core's stock modules) has no query/key norm and no "
+                          "gain-only LayerNorm: use --layer-spec llama for this model")
     if args.bf16 and args.fp16:
         raise ConfigError("--bf16 and --fp16 are exclusive: pick one")
     if args.save_interval and not args.save:

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 import torch
 
-from megatron_ext.checkpoint import hf_crystalcoder, hf_llama, weight_maps
+from megatron_ext.checkpoint import hf_crystalcoder, hf_llama, hf_openlm, weight_maps
 from megatron_ext.checkpoint.hf_arch import ConversionError, groups, restore_identity
 from megatron_ext.checkpoint.hf_files import (CODE_DIR, HFWeights, SafetensorsStreamWriter, auto_map_modules,
                                               copy_remote_code, copy_tokenizer, export_remote_code,
@@ -30,7 +30,7 @@ from megatron_ext.models.identity import CHECKPOINT_KEY, ModelIdentity
 # tools/ and tests/ import these from here; ConversionError and read_common live in hf_arch and torch_dist_io.
 __all__ = ["DTYPES", "ConversionError", "hf_to_megatron", "megatron_to_hf", "read_common"]
 
-FORMATS = {hf_llama.NAME: hf_llama, hf_crystalcoder.NAME: hf_crystalcoder}
+FORMATS = {hf_llama.NAME: hf_llama, hf_crystalcoder.NAME: hf_crystalcoder, hf_openlm.NAME: hf_openlm}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -99,12 +99,20 @@ def _check_hf_tensors(fmt, identity: ModelIdentity, weights: HFWeights) -> torch
             raise ConversionError(f"{name} in {weights.directory} has shape {list(weights.shape(name))}, but "
                                   f"config.json implies {list(shape)}. The weights and config.json disagree: use "
                                   "the config.json saved with these weights")
+    for group in groups(identity):  # buffers (open_lm's rotary inv_freq) a source may carry: checked, not loaded
+        for name, value in weight_maps.buffers(fmt.WEIGHTS, group, identity).items():
+            if name in weights:
+                expected[name] = tuple(value.shape)
+                if not torch.equal(weights.get(name).float(), value):
+                    raise ConversionError(f"{name} in {weights.directory} differs from the value config.json implies "
+                                          f"(RoPE base {identity.rotary_base:g}); the model rotates differently "
+                                          "from what this converter reproduces")
     unknown = [n for n in weights.names() if n not in expected and not fmt.ignorable(n, identity)]
     if unknown:
         raise ConversionError(f"{len(unknown)} tensors in {weights.directory} have no place in the {fmt.NAME} "
                               f"architecture (first: {', '.join(unknown[:3])}); the model has parts this "
                               "converter does not support")
-    dtypes = {weights.dtype(n) for n in expected}
+    dtypes = {weights.dtype(n) for n in expected if not n.endswith("inv_freq")}
     return dtypes.pop() if len(dtypes) == 1 else torch.float32
 
 
@@ -160,6 +168,13 @@ def hf_to_megatron(hf_dir: str, save: str, model_format: str | None = None, over
 
 # ---- Megatron -> Hugging Face ------------------------------------------------------------------
 
+def default_format(identity: ModelIdentity) -> str:
+    """The HF layout an export uses unless --model-format says otherwise."""
+    if identity.qk_norm == "full" or (identity.layer_norm and not identity.layernorm_bias):
+        return hf_openlm.NAME
+    return hf_crystalcoder.NAME if identity.layer_norm else hf_llama.NAME
+
+
 def true_vocab_size(common: dict) -> int | None:
     """The vocabulary the run used (rows past it are padding). The model identity records it; checkpoints
     older than the identity record it for imports, and for training runs the tokenizer decides it (as
@@ -202,7 +217,7 @@ def megatron_to_hf(load: str, out: str, iteration: int | None = None, dtype: tor
     identity = stored.replace(vocab_size=vocab)
     if rows and identity.padded_vocab_size != rows:  # a smaller --vocab-size: keep the stored rows' padding
         identity = identity.replace(make_vocab_size_divisible_by=rows)
-    fmt = FORMATS[model_format or (hf_llama.NAME if not identity.layer_norm else hf_crystalcoder.NAME)]
+    fmt = FORMATS[model_format or default_format(identity)]
     fmt.check_exportable(identity)
     reader = TorchDistReader(directory)
     tensor_groups = groups(identity)
@@ -213,7 +228,9 @@ def megatron_to_hf(load: str, out: str, iteration: int | None = None, dtype: tor
     for group in tensor_groups:
         planned = weight_maps.hf_shapes(fmt.WEIGHTS, group, identity, stored_dtype)
         entries += [(name, shape, dtype) for name, shape in planned.items()]
-        sizes.append(len(planned))
+        held = weight_maps.buffers(fmt.WEIGHTS, group, identity)
+        entries += [(name, tuple(value.shape), value.dtype) for name, value in held.items()]
+        sizes.append(len(planned) + len(held))
     with staged_output(out, overwrite) as tmp:
         writer = SafetensorsStreamWriter(tmp, plan_shards(entries, sizes, max_shard_bytes))
         with _progress(len(tensor_groups), "Megatron -> HF", progress) as bar:
@@ -221,6 +238,8 @@ def megatron_to_hf(load: str, out: str, iteration: int | None = None, dtype: tor
                 tensors = reader.read(group, identity.num_layers)
                 for name, tensor in weight_maps.to_hf(fmt.WEIGHTS, group, identity, tensors).items():
                     writer.write(name, tensor.to(dtype))
+                for name, value in weight_maps.buffers(fmt.WEIGHTS, group, identity).items():
+                    writer.write(name, value)
                 bar.update(1)
         writer.close()
         fmt.write_config(identity, {k: v for k, v in args.items() if k.startswith("hf_")}, tmp, dtype)

@@ -64,7 +64,9 @@ def finish_param_sync(model) -> None:
             chunk.start_param_sync(force_sync=True)
 
 
-def save_checkpoint(root: str, model, optimizer, scheduler, train_state, args, identity: ModelIdentity) -> str:
+def save_checkpoint(root: str, model, optimizer, scheduler, train_state, run, provenance: dict | None = None) -> str:
+    """run: the RunConfig (its flags and model identity are recorded in common.pt); provenance: what the
+    loaded checkpoint recorded about its Hugging Face source (carried on for the export)."""
     finish_param_sync(model)
     megatron_compat.start_write_results_queue()
     final = iteration_dir(root, train_state.iteration)
@@ -76,7 +78,8 @@ def save_checkpoint(root: str, model, optimizer, scheduler, train_state, args, i
     dist.barrier()
     state = _sharded_state(model, optimizer, scheduler, is_loading=False, with_optimizer=True, with_rng=True)
     state.update(iteration=train_state.iteration, consumed_samples=train_state.consumed_samples,
-                 args=saved_args(args), checkpoint_version=1, **{CHECKPOINT_KEY: identity.to_checkpoint()})
+                 args={**saved_args(run.flags), **(provenance or {})}, checkpoint_version=1,
+                 **{CHECKPOINT_KEY: run.model.to_checkpoint()})
     try:
         dist_checkpointing.save(state, tmp)
         write_checksums(tmp)
@@ -109,10 +112,10 @@ def _cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}({exc})"
 
 
-def saved_args(args) -> dict:
-    """The run's flags, as plain values (weights_only-loadable)."""
+def saved_args(flags) -> dict:
+    """The run's flags, as plain values (weights_only-loadable; the model identity is stored on its own)."""
     plain = (str, int, float, bool, type(None))
-    return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in vars(args).items()
+    return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in vars(flags).items()
             if isinstance(v, plain) or (isinstance(v, (list, tuple)) and all(isinstance(x, plain) for x in v))}
 
 
@@ -142,31 +145,33 @@ def check_compatible(common: dict, identity: ModelIdentity, path: str) -> None:
         raise CheckpointError(f"checkpoint {path} has {difference}{hint}")
 
 
-def check_save_target(root: str, args, identity: ModelIdentity) -> None:
+def check_save_target(root: str, run) -> None:
     """Refuse to mix another model's checkpoints into --save (unless --overwrite): its latest iteration
     must have this run's shapes. Resuming (--load ROOT) is checked the same way when it loads."""
-    resuming_it = args.load and os.path.realpath(args.load) == os.path.realpath(root)
-    if args.overwrite or resuming_it or not has_checkpoint(root):
+    load = run.checkpoint.load
+    resuming_it = load and os.path.realpath(load) == os.path.realpath(root)
+    if run.checkpoint.overwrite or resuming_it or not has_checkpoint(root):
         return
     _, common = read_checkpoint_args(root)
-    difference = model_difference(common, identity)
+    difference = model_difference(common, run.model)
     if difference:
         raise CheckpointError(f"--save {root} holds a checkpoint of a different model (its {difference}); "
                               "saving there would replace it. Pass another --save, or --overwrite to replace it")
 
 
-def load_checkpoint(root: str, model, optimizer, scheduler, args, identity: ModelIdentity):
-    """Restore into built model/optimizer/scheduler; returns (iteration, consumed_samples)."""
+def load_checkpoint(root: str, model, optimizer, scheduler, run):
+    """Restore into built model/optimizer/scheduler (RunConfig `run`: its checkpoint flags, layout and model);
+    returns (iteration, consumed_samples)."""
     iteration, common = read_checkpoint_args(root)
     path = existing_iteration_dir(root, iteration)
-    saved = common.get("args", {})
-    check_compatible(common, identity, path)
+    saved, flags = common.get("args", {}), run.checkpoint
+    check_compatible(common, run.model, path)
     # --finetune, or a checkpoint with weights only (as tools/convert_from_hf.py writes).
-    weights_only = args.finetune or "opt_param_scheduler" not in common
-    same_layout = all(saved.get(k) == getattr(args, k, None) for k in LAYOUT_KEYS)
-    with_rng = same_layout and not args.no_load_rng and not weights_only
-    with_optimizer = not (weights_only or args.no_load_optim)
-    if not args.no_verify_checkpoint:
+    weights_only = flags.finetune or "opt_param_scheduler" not in common
+    same_layout = all(saved.get(k) == getattr(run.parallel, k) for k in LAYOUT_KEYS)
+    with_rng = same_layout and not flags.no_load_rng and not weights_only
+    with_optimizer = not (weights_only or flags.no_load_optim)
+    if not flags.no_verify_checkpoint:
         try:
             verified = verify_checksums(path)
         except IntegrityError as exc:
@@ -193,28 +198,29 @@ def load_checkpoint(root: str, model, optimizer, scheduler, args, identity: Mode
         optimizer.reload_model_params()
     if with_rng:
         restore_rng_state(loaded["rng_state"].data if hasattr(loaded["rng_state"], "data") else loaded["rng_state"])
-    iteration, consumed = (0, 0) if args.finetune else (common.get("iteration", 0), common.get("consumed_samples", 0))
+    iteration, consumed = (0, 0) if flags.finetune else (common.get("iteration", 0), common.get("consumed_samples", 0))
     if dist.get_rank() == 0:
-        print(describe_load(path, common.get("iteration", 0), consumed, args, weights_only=weights_only,
+        print(describe_load(path, common.get("iteration", 0), consumed, flags, weights_only=weights_only,
                             with_optimizer=with_optimizer, with_rng=with_rng), flush=True)
     return iteration, consumed
 
 
-def describe_load(path: str, saved_iteration: int, consumed: int, args, *, weights_only: bool,
+def describe_load(path: str, saved_iteration: int, consumed: int, flags, *, weights_only: bool,
                   with_optimizer: bool, with_rng: bool) -> str:
-    """The one line saying what a load restored: from where, which iteration, which parts."""
+    """The one line saying what a load restored (flags: the CheckpointConfig): from where, which iteration,
+    which parts."""
     loaded, skipped = ["weights"], []
-    reason_optim = ("--finetune" if args.finetune else "the checkpoint has weights only" if weights_only
+    reason_optim = ("--finetune" if flags.finetune else "the checkpoint has weights only" if weights_only
                     else "--no-load-optim")
     (loaded if with_optimizer else skipped).append(
         "optimizer and LR schedule" if with_optimizer else f"optimizer and LR schedule ({reason_optim})")
     if with_rng:
         loaded.append("RNG")
     else:
-        why = ("--no-load-rng" if args.no_load_rng else reason_optim if weights_only
+        why = ("--no-load-rng" if flags.no_load_rng else reason_optim if weights_only
                else "saved at another TP/PP layout")
         skipped.append(f"RNG ({why})")
-    if args.finetune:
+    if flags.finetune:
         skipped.append("data position (--finetune: restarts at iteration 0)")
     else:
         loaded.append(f"data position ({consumed} consumed samples)")

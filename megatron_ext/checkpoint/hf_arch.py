@@ -59,14 +59,20 @@ def restore_identity(from_config: ModelIdentity, config: dict, expressed: tuple[
 def groups(identity: ModelIdentity) -> list["Group"]:
     """Every Megatron tensor, in the order a converter streams them (one group at a time)."""
     h, d = identity.hidden_size, identity.kv_channels
-    norm = {"weight": (h,), **({"bias": (h,)} if identity.layer_norm else {})}
+    norm = {"weight": (h,), **({"bias": (h,)} if identity.norm_has_bias else {})}
     qkv_rows = (identity.num_attention_heads + 2 * identity.num_query_groups) * d
+    # query/key norms (layers/qk_norm.py): per head, head_dim wide; or full width, all heads of q (of k)
+    qk_norm_widths = {None: None, "head": (d, d),
+                      "full": (identity.num_attention_heads * d, identity.num_query_groups * d)}[identity.qk_norm]
     result = [Group("embedding", {"embedding.word_embeddings.weight": (identity.padded_vocab_size, h)})]
     for layer in range(identity.num_layers):
         local = {f"input_layernorm.{k}": s for k, s in norm.items()}
         local["self_attention.linear_qkv.weight"] = (qkv_rows, h)
         if identity.qkv_bias:
             local["self_attention.linear_qkv.bias"] = (qkv_rows,)
+        if qk_norm_widths:
+            for which, width in zip(("q_layernorm", "k_layernorm"), qk_norm_widths):
+                local.update({f"self_attention.{which}.{k}": (width,) for k in norm})
         local["self_attention.linear_proj.weight"] = (h, identity.num_attention_heads * d)
         if identity.add_bias_linear:
             local["self_attention.linear_proj.bias"] = (h,)

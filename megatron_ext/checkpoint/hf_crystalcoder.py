@@ -77,6 +77,9 @@ def identity_from_config(config: dict) -> ModelIdentity:
 
 
 def check_exportable(identity: ModelIdentity) -> None:
+    if identity.qk_norm or (identity.layer_norm and not identity.layernorm_bias):
+        raise ConversionError("this model has a query/key norm or a gain-only LayerNorm, which CrystalCoder's layout "
+                              "cannot express; export it with --model-format openlm")
     if not identity.layer_norm:
         raise ConversionError("CrystalCoder's layout uses LayerNorm with bias; this model uses RMSNorm. Export "
                               "it with --model-format llama")

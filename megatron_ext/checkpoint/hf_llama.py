@@ -73,6 +73,9 @@ def identity_from_config(config: dict) -> ModelIdentity:
 
 
 def check_exportable(identity: ModelIdentity) -> None:
+    if identity.qk_norm:
+        raise ConversionError("this model normalises queries and keys, which LlamaForCausalLM cannot express; "
+                              "export it with --model-format openlm (the full-width query/key norm of DCLM)")
     if identity.layer_norm:
         raise ConversionError("this model uses LayerNorm, which LlamaForCausalLM cannot express (RMSNorm only); "
                               "export it with --model-format crystalcoder")

@@ -194,6 +194,25 @@ class Entry:
         return xs
 
 
+@dataclass(frozen=True)
+class Buffer:
+    """A per-layer HF tensor that holds no weights but a value the model's identity fixes (open_lm's rotary
+    inv_freq, a persistent buffer its modeling code loads and uses): an export writes it in float32, an import
+    checks it (a different value means a different model) instead of loading it. `hf` holds `{layer}`."""
+    hf: str
+    value: Callable[[ModelIdentity], torch.Tensor]
+
+    def name(self, layer: int | None) -> str:
+        return self.hf.format(layer=layer)
+
+
+def buffers(table, group: Group, m: ModelIdentity) -> dict:
+    """HF name -> float32 value of the layer group's buffers ({} for the other groups)."""
+    if group.layer is None:
+        return {}
+    return {b.name(group.layer): b.value(m).float() for b in table if isinstance(b, Buffer)}
+
+
 def _module(name: str) -> str:
     return name.rsplit(".", 1)[0]
 
@@ -203,6 +222,8 @@ def _entries(table, group: Group, m: ModelIdentity):
     the group (a missing bias belongs to its module's group) and whose HF tensors exist for this model."""
     modules = {_module(name) for name in group.shapes}
     for entry in table:
+        if not isinstance(entry, Entry):
+            continue
         if ("{layer}" in entry.megatron) != (group.layer is not None) or not entry.when(m):
             continue
         megatron, hf = entry.names(group.layer)

@@ -189,8 +189,11 @@ class HuggingFaceTokenizer(_Tokenizer):
     @property
     def eod(self) -> int:
         eos = self._tok.eos_token_id
+        if eos is None:  # a bare tokenizer.json (GPT-NeoX's, as DCLM ships it) names no eos: its document end
+            eos = self._tok.get_vocab().get("<|endoftext|>")
         if eos is None:
-            raise ValueError(f"Hugging Face tokenizer {self.path} has no eos_token to use as EOD")
+            raise ValueError(f"Hugging Face tokenizer {self.path} has no eos_token (nor <|endoftext|>) to use as "
+                             "EOD: add eos_token to its tokenizer_config.json")
         return eos
 
     @property

@@ -20,18 +20,19 @@ class LlamaConfig(TransformerConfig):
     rotary_percent: float = 1.0
     rotary_base: float = 10000.0
     layernorm_bias: bool = True             # LayerNorm only; RMSNorm has no bias
+    qk_norm: str | None = None              # None | "head" | "full": layers/qk_norm.py
     embedding_multiplier: float = 1.0       # μP: scales the embedding output
     logits_multiplier: float = 1.0          # μP: alpha_out / m, applied before the cross entropy
 
 
-def params_dtype(args) -> torch.dtype:
-    return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+def params_dtype(compute) -> torch.dtype:
+    return torch.bfloat16 if compute.bf16 else torch.float16 if compute.fp16 else torch.float32
 
 
-def transformer_config(args, on_cpu: bool, mup_multipliers: dict | None = None, identity=None) -> LlamaConfig:
-    """identity: the ModelIdentity (default args.model_identity; the vocabulary plays no part here)."""
-    identity = identity or args.model_identity
-    dtype = params_dtype(args)
+def transformer_config(run, on_cpu: bool, mup_multipliers: dict | None = None) -> LlamaConfig:
+    """From a RunConfig: its model identity, parallel layout and compute settings."""
+    identity, parallel, compute = run.model, run.parallel, run.compute
+    dtype = params_dtype(compute)
     mup_multipliers = mup_multipliers or {}
     return LlamaConfig(
         num_layers=identity.num_layers,
@@ -46,24 +47,24 @@ def transformer_config(args, on_cpu: bool, mup_multipliers: dict | None = None, 
         add_qkv_bias=identity.add_qkv_bias,
         gated_linear_unit=True,
         activation_func=F.silu,
-        hidden_dropout=args.hidden_dropout,
-        attention_dropout=args.attention_dropout,
+        hidden_dropout=compute.hidden_dropout,
+        attention_dropout=compute.attention_dropout,
         init_method_std=identity.init_method_std,
         # megatron initialises (and only then tags tensor-parallel attributes on the weights);
         # models/init.py then overwrites every weight from the seed alone.
         perform_initialization=True,
         use_cpu_initialization=on_cpu,
-        tensor_model_parallel_size=args.tensor_model_parallel_size,
-        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
-        virtual_pipeline_model_parallel_size=args.virtual_pipeline_model_parallel_size,
-        sequence_parallel=args.sequence_parallel,
+        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
+        sequence_parallel=parallel.sequence_parallel,
         params_dtype=dtype,
         pipeline_dtype=dtype,
-        bf16=args.bf16,
-        fp16=args.fp16,
-        recompute_granularity=args.recompute_granularity,
-        recompute_method=args.recompute_method if args.recompute_granularity == "full" else None,
-        recompute_num_layers=args.recompute_num_layers if args.recompute_granularity == "full" else None,
+        bf16=compute.bf16,
+        fp16=compute.fp16,
+        recompute_granularity=compute.recompute_granularity,
+        recompute_method=compute.recompute_method if compute.recompute_granularity == "full" else None,
+        recompute_num_layers=compute.recompute_num_layers if compute.recompute_granularity == "full" else None,
         # Fusions that need apex/TE or CUDA-only kernels stay off; ours come from megatron_ext.kernels.
         bias_activation_fusion=False,
         bias_dropout_fusion=False,
@@ -72,10 +73,15 @@ def transformer_config(args, on_cpu: bool, mup_multipliers: dict | None = None, 
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
         rotary_interleaved=identity.rotary_interleaved,
+        layernorm_bias=identity.layernorm_bias,
+        qk_norm=identity.qk_norm,
+        # megatron-core sums the per-head norm's gain gradients across TP when this is set; the full-width
+        # norm's gains are split across TP like the heads, so they must not be summed.
+        qk_layernorm=identity.qk_norm == "head",
         softmax_scale=mup_multipliers.get("softmax_scale"),
-        kernel_impl=None if args.kernels == "auto" else args.kernels,
-        attention_kernel=args.attention_backend,
-        norm_impl=args.norm_impl,
+        kernel_impl=None if compute.kernels == "auto" else compute.kernels,
+        attention_kernel=compute.attention_backend,
+        norm_impl=compute.norm_impl,
         rotary_percent=identity.rotary_percent,
         rotary_base=identity.rotary_base,
         embedding_multiplier=mup_multipliers.get("embedding", 1.0),
@@ -85,6 +91,6 @@ def transformer_config(args, on_cpu: bool, mup_multipliers: dict | None = None, 
         deallocate_pipeline_outputs=not on_cpu,
         # As Megatron-LM: interleaved pipelining overlaps p2p with compute and sends unbatched. Batched
         # sends to one peer that is both previous and next stage (PP=2) can pair up crosswise.
-        overlap_p2p_comm=args.virtual_pipeline_model_parallel_size is not None,
-        batch_p2p_comm=args.virtual_pipeline_model_parallel_size is None,
+        overlap_p2p_comm=parallel.virtual_pipeline_model_parallel_size is not None,
+        batch_p2p_comm=parallel.virtual_pipeline_model_parallel_size is None,
     )

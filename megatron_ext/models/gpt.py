@@ -39,19 +39,21 @@ def build_gpt_chunk(config, identity, layer_spec: str, vp_stage: int | None) -> 
     return model
 
 
-def build_model(config, args, identity, parametrization, device: torch.device) -> list:
-    """All chunks of this rank, initialised from the seed and wrapped in megatron's DDP."""
-    vp = args.virtual_pipeline_model_parallel_size
+def build_model(config, run, parametrization, device: torch.device) -> list:
+    """All chunks of this rank (RunConfig `run`: its model, layout and seed), initialised from the seed and
+    wrapped in megatron's DDP."""
+    parallel = run.parallel
+    vp = parallel.virtual_pipeline_model_parallel_size
     chunks = []
     for index in range(vp or 1):
-        model = build_gpt_chunk(config, identity, args.layer_spec, index if vp else None)
+        model = build_gpt_chunk(config, run.model, run.compute.layer_spec, index if vp else None)
         model.to(device)
-        initialize_parameters(model, args.seed, parametrization.sample)
+        initialize_parameters(model, run.training.seed, parametrization.sample)
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
-            overlap_grad_reduce=args.overlap_grad_reduce,
-            overlap_param_gather=args.overlap_param_gather,
-            use_distributed_optimizer=args.use_distributed_optimizer,
+            overlap_grad_reduce=parallel.overlap_grad_reduce,
+            overlap_param_gather=parallel.overlap_param_gather,
+            use_distributed_optimizer=parallel.use_distributed_optimizer,
         )
         # Only the first chunk buckets; later chunks' grads are ready later (Megatron-LM does the same).
         chunks.append(DistributedDataParallel(config=config, ddp_config=ddp_config, module=model,

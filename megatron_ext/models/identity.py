@@ -40,14 +40,17 @@ class ModelIdentity:
     max_position_embeddings: int = 2048
     vocab_size: int | None = None              # the true vocabulary; None until the tokenizer decides it
     make_vocab_size_divisible_by: int = 128    # independent of TP, so checkpoints move between layouts
-    normalization: str = "RMSNorm"             # RMSNorm (LLaMA) | LayerNorm (Crystal)
+    normalization: str = "RMSNorm"             # RMSNorm (LLaMA) | LayerNorm (Crystal, open_lm)
     norm_epsilon: float = 1e-5
+    layernorm_bias: bool = True                # LayerNorm only; False: open_lm's gain-only LayerNorm
+    qk_norm: str | None = None                 # None | "head" (Megatron-LM's --qk-layernorm) | "full" (open_lm)
     add_bias_linear: bool = False
     add_qkv_bias: bool | None = None           # None: as add_bias_linear
     rotary_percent: float = 1.0
     rotary_base: float = 10000.0
     rotary_interleaved: bool = False           # GPT-J "rotate every two" instead of LLaMA's half split
     tie_embeddings: bool = False
+    init_method: str = "normal"                # "normal" (Megatron: init_method_std) | "open_lm" (1/sqrt(fan-in))
     init_method_std: float = 0.02
     # μP (docs/mup.md): the base (proxy) sizes the hyperparameters were tuned at, and the multipliers.
     use_mup: bool = False
@@ -75,6 +78,14 @@ class ModelIdentity:
     def _check(self) -> None:
         if self.normalization not in ("RMSNorm", "LayerNorm"):
             raise IdentityError(f"normalization {self.normalization!r} is unknown: use RMSNorm or LayerNorm")
+        if self.qk_norm not in (None, "head", "full"):
+            raise IdentityError(f"query/key norm {self.qk_norm!r} is unknown: use --qk-norm head (one norm per "
+                                "head, Megatron-LM's --qk-layernorm) or full (over all heads, open_lm)")
+        if self.init_method not in ("normal", "open_lm"):
+            raise IdentityError(f"--init-method {self.init_method!r} is unknown: use normal or open_lm")
+        if self.init_method == "open_lm" and self.use_mup:
+            raise IdentityError("--init-method open_lm and --use-mup both set the initialisation: μP draws every "
+                                "weight from its own rules, so drop one of them")
         if self.num_attention_heads % self.num_query_groups:
             raise IdentityError(f"--num-query-groups {self.num_query_groups} must divide --num-attention-heads "
                                 f"{self.num_attention_heads}")
@@ -107,6 +118,10 @@ class ModelIdentity:
     @property
     def layer_norm(self) -> bool:
         return self.normalization == "LayerNorm"
+
+    @property
+    def norm_has_bias(self) -> bool:
+        return self.layer_norm and self.layernorm_bias
 
     # ---- μP (Cerebras / Crystal convention) ---------------------------------------------------
 
@@ -208,7 +223,8 @@ class ModelIdentity:
     # ---- comparisons ------------------------------------------------------------------------
 
     SHAPE_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
-                    "kv_channels", "normalization", "add_bias_linear", "add_qkv_bias", "tie_embeddings")
+                    "kv_channels", "normalization", "layernorm_bias", "qk_norm", "add_bias_linear", "add_qkv_bias",
+                    "tie_embeddings")
 
     def shape_differences(self, other: "ModelIdentity") -> list[tuple[str, object, object]]:
         """(field, self's value, other's value) for each field that fixes tensor shapes and differs."""

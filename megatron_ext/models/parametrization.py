@@ -6,8 +6,12 @@ the model identity into rules and exposes what the model builder, config and opt
 
 from __future__ import annotations
 
+import math
+import re
+
 import torch
 from mup import MuPConfig, MuPRules, StandardRules, init_
+from mup.rules import ParamClass
 from mup.optimizer import mup_config_overrides
 
 
@@ -39,10 +43,43 @@ def mup_config(identity) -> MuPConfig:
     return MuPConfig.from_width_scale(identity.mup_width_scale, identity.hidden_size, **shapes)
 
 
+class OpenLMRules(StandardRules):
+    """open_lm's initialisation (mlfoundations/open_lm 9bb92ef, model.py:152-156, 297-302, 374-376): every
+    matrix truncated normal cut at +-3 std with std 1/sqrt(fan-in); the residual outputs (attention out, MLP
+    down) further / sqrt(2 (layer + 1)), layer counted from 0. Norm gains 1, as in both."""
+
+    truncation_sigmas = 3.0
+
+    def __init__(self, identity):
+        super().__init__(1.0, identity.num_layers)
+        self.fan_in = {"linear_proj": identity.num_attention_heads * identity.kv_channels,
+                       "linear_fc2": identity.ffn_hidden_size}
+        self.hidden_size = identity.hidden_size
+
+    def init_std(self, name_or_class) -> float:
+        cls = self.param_class(name_or_class)
+        if cls in (ParamClass.BIAS, ParamClass.NORM):
+            return 0.0
+        if cls is not ParamClass.RESIDUAL_OUT:
+            return 1.0 / math.sqrt(self.hidden_size)  # embedding, QKV, fc1 and the output layer read width H
+        match = _RESIDUAL_OUT.search(name_or_class) if isinstance(name_or_class, str) else None
+        if match is None:
+            raise ValueError(f"open_lm init needs the parameter's name with its layer number, not {name_or_class!r}")
+        layer, module = int(match.group(1)), match.group(2)
+        return 1.0 / math.sqrt(self.fan_in[module]) / math.sqrt(2.0 * (layer + 1))
+
+
+_RESIDUAL_OUT = re.compile(r"layers\.(\d+)\..*(linear_proj|linear_fc2)\.weight$")
+
+
 def build_parametrization(identity) -> Parametrization:
     try:
-        rules = (MuPRules(mup_config(identity)) if identity.use_mup
-                 else StandardRules(identity.init_method_std, identity.num_layers))
+        if identity.use_mup:
+            rules = MuPRules(mup_config(identity))
+        elif identity.init_method == "open_lm":
+            rules = OpenLMRules(identity)
+        else:
+            rules = StandardRules(identity.init_method_std, identity.num_layers)
     except ValueError as exc:
         raise SystemExit(f"error: μP flags: {exc}") from exc
     return Parametrization(rules, identity.kv_channels)

@@ -14,9 +14,14 @@ from megatron.core.transformer.transformer_block import (TransformerBlock, Trans
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
 from megatron_ext.layers import Norm, RotaryCoreAttention, SwiGLUMLP
+from megatron_ext.layers.qk_norm import FullWidthKeyNorm, FullWidthQueryNorm
+
+# ModelIdentity.qk_norm -> the (query, key) norm modules megatron-core's attention applies after the head split.
+QK_NORMS = {None: (IdentityOp, IdentityOp), "head": (Norm, Norm), "full": (FullWidthQueryNorm, FullWidthKeyNorm)}
 
 
-def llama_layer_spec(norm=Norm, core_attention=RotaryCoreAttention, mlp=SwiGLUMLP) -> ModuleSpec:
+def llama_layer_spec(norm=Norm, core_attention=RotaryCoreAttention, mlp=SwiGLUMLP, qk_norm=None) -> ModuleSpec:
+    q_norm, k_norm = QK_NORMS[qk_norm]
     return ModuleSpec(
         module=TransformerLayer,
         submodules=TransformerLayerSubmodules(
@@ -28,8 +33,8 @@ def llama_layer_spec(norm=Norm, core_attention=RotaryCoreAttention, mlp=SwiGLUML
                     linear_qkv=ColumnParallelLinear,
                     core_attention=core_attention,
                     linear_proj=RowParallelLinear,
-                    q_layernorm=IdentityOp,
-                    k_layernorm=IdentityOp,
+                    q_layernorm=q_norm,
+                    k_layernorm=k_norm,
                 ),
             ),
             self_attn_bda=get_bias_dropout_add,
@@ -43,7 +48,7 @@ def llama_layer_spec(norm=Norm, core_attention=RotaryCoreAttention, mlp=SwiGLUML
 
 def llama_block_spec(config, vp_stage=None, layer_spec: ModuleSpec | None = None, norm=Norm) -> ModuleSpec:
     """This pipeline stage's layers plus the final norm (ours, so sequence parallelism works)."""
-    layer_spec = layer_spec or llama_layer_spec(norm=norm)
+    layer_spec = layer_spec or llama_layer_spec(norm=norm, qk_norm=getattr(config, "qk_norm", None))
     num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
     return ModuleSpec(module=TransformerBlock,
                       submodules=TransformerBlockSubmodules(layer_specs=[layer_spec] * num_layers, layer_norm=norm))

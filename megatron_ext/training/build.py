@@ -1,6 +1,6 @@
-"""Model, optimizer and learning-rate schedule from the flags, wired to megatron-core's schedules.
+"""Model, optimizer and learning-rate schedule for a RunConfig, wired to megatron-core's schedules.
 
-One build order for everything that trains the real model: pretrain.py, the μP coordinate check and
+One build order for everything that trains the real model: training/run.py, the μP coordinate check and
 the test workers that inspect optimizer groups or gradients.
 """
 
@@ -13,7 +13,6 @@ import torch
 
 @dataclass
 class Trainable:
-    identity: object         # megatron_ext.models.identity.ModelIdentity, vocabulary included
     parametrization: object  # megatron_ext.models.parametrization: standard or μP rules
     config: object           # megatron-core TransformerConfig
     model: list              # model chunks (one per virtual pipeline stage), wrapped in megatron's DDP
@@ -21,8 +20,8 @@ class Trainable:
     scheduler: object
 
 
-def build_trainable(args, device: torch.device, vocab_size: int) -> Trainable:
-    """The model args.model_identity describes, with the tokenizer's vocabulary. Needs the parallel state
+def build_trainable(run, device: torch.device) -> Trainable:
+    """run: the RunConfig, its model's vocabulary known (RunConfig.with_vocab). Needs the parallel state
     initialised first (training/parallel.py: initialize_parallel)."""
     from megatron_ext.models.config import transformer_config
     from megatron_ext.models.gpt import build_model
@@ -30,12 +29,10 @@ def build_trainable(args, device: torch.device, vocab_size: int) -> Trainable:
     from megatron_ext.training.loop import connect_schedule
     from megatron_ext.training.optimizer import build_optimizer, build_scheduler
 
-    identity = args.model_identity.replace(vocab_size=vocab_size)
-    parametrization = build_parametrization(identity)
-    config = transformer_config(args, on_cpu=device.type == "cpu", mup_multipliers=parametrization.multipliers,
-                                identity=identity)
-    model = build_model(config, args, identity, parametrization, device)
-    optimizer = build_optimizer(args, model, parametrization)
-    scheduler = build_scheduler(args, optimizer)
-    connect_schedule(config, model, optimizer, args)
-    return Trainable(identity, parametrization, config, model, optimizer, scheduler)
+    parametrization = build_parametrization(run.model)
+    config = transformer_config(run, on_cpu=device.type == "cpu", mup_multipliers=parametrization.multipliers)
+    model = build_model(config, run, parametrization, device)
+    optimizer = build_optimizer(run, model, parametrization)
+    scheduler = build_scheduler(run.training, optimizer)
+    connect_schedule(config, model, optimizer, run.parallel)
+    return Trainable(parametrization, config, model, optimizer, scheduler)

@@ -76,7 +76,7 @@ def _ensure_parallel_state(args) -> None:
     if parallel_state.model_parallel_is_initialized():
         seed_everything(args.seed)
     else:
-        initialize_parallel(args)
+        initialize_parallel(args, args.seed)  # the flags carry ParallelConfig's fields
 
 
 def _batches(args) -> list[list[dict]]:
@@ -92,12 +92,13 @@ def measure(argv: list[str], device: torch.device) -> dict:
     """Build the model that `argv` describes, train args.train_iters steps, and return
     {module: [mean |output| at step 0, 1, ...]} (step t: the forward before the t-th update)."""
     from megatron_ext.arguments import parse_args
+    from megatron_ext.arguments.configs import RunConfig
     from megatron_ext.training.build import build_trainable
     from megatron_ext.training.loop import train_step
 
     args = parse_args(argv, world_size=1)
     _ensure_parallel_state(args)
-    built = build_trainable(args, device, args.vocab_size)
+    built = build_trainable(RunConfig.from_flags(args).with_vocab(args.vocab_size), device)
     chunks, optimizer, scheduler, config = built.model, built.optimizer, built.scheduler, built.config
     for chunk in chunks:
         chunk.train()

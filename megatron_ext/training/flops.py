@@ -25,11 +25,11 @@ def training_flops_per_iteration(identity, seq_length: int, global_batch_size: i
     return 3.0 * per_token * global_batch_size * s
 
 
-def peak_tflops(args, device: torch.device) -> float | None:
-    """--peak-tflops wins; otherwise the known bf16/fp16 peak of this GPU, or None (unknown)."""
-    if args.peak_tflops:
-        return args.peak_tflops
-    if device.type != "cuda" or not (args.bf16 or args.fp16):
+def peak_tflops(given: float | None, compute, device: torch.device) -> float | None:
+    """--peak-tflops (given) wins; otherwise the known bf16/fp16 peak of this GPU, or None (unknown)."""
+    if given:
+        return given
+    if device.type != "cuda" or not (compute.bf16 or compute.fp16):
         return None
     name = torch.cuda.get_device_name(device)
     return next((peak for key, peak in PEAK_TFLOPS_BF16.items() if key in name), None)

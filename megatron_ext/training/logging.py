@@ -15,25 +15,29 @@ from megatron_ext.training.flops import peak_tflops, training_flops_per_iteratio
 
 
 class TrainLogger:
-    def __init__(self, args, identity, device, writes: bool, timers=None):
-        self.args = args
+    def __init__(self, run, device, writes: bool, timers=None):
+        """run: the RunConfig, its model's vocabulary known (FLOPs count the output layer)."""
+        self.logging, self.training = run.logging, run.training
+        self.fp16 = run.compute.fp16
         self.timers = timers  # training/timers.py: per-phase times with --timing-log-level
         self.writes = writes  # only the last rank (it holds the loss) prints and writes
-        self.flops_per_iteration = training_flops_per_iteration(identity, args.seq_length, args.global_batch_size)
-        self.peak = peak_tflops(args, device)
+        self.flops_per_iteration = training_flops_per_iteration(run.model, run.training.seq_length,
+                                                                run.training.global_batch_size)
+        self.peak = peak_tflops(run.logging.peak_tflops, run.compute, device)
         self.device = device
         self.writer = None
         self.wandb = None
-        if writes and args.tensorboard_dir:
+        logging, save = run.logging, run.checkpoint.save
+        if writes and logging.tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(log_dir=args.tensorboard_dir)
-            self.writer.add_text("arguments", _arguments_table(args), 0)  # Megatron-LM's tag for them
-        if writes and getattr(args, "wandb_project", None):
+            self.writer = SummaryWriter(log_dir=logging.tensorboard_dir)
+            self.writer.add_text("arguments", _arguments_table(run.flags), 0)  # Megatron-LM's tag for them
+        if writes and logging.wandb_project:
             import wandb  # arguments/validate.py refused the flag already if this cannot be imported
 
-            wandb.init(project=args.wandb_project, name=args.wandb_exp_name,
-                       dir=args.wandb_save_dir or (f"{args.save}/wandb" if args.save else None),
-                       config=flat_flags(args))
+            wandb.init(project=logging.wandb_project, name=logging.wandb_exp_name,
+                       dir=logging.wandb_save_dir or (f"{save}/wandb" if save else None),
+                       config=flat_flags(run.flags))
             self.wandb = wandb
         self._validation_written: set[int] = set()
         self._window_start = time.perf_counter()
@@ -49,25 +53,25 @@ class TrainLogger:
         self._window_iters += 1
         if loss is not None:
             self._losses.append(loss)
-        args = self.args
-        if state.iteration % args.log_interval and state.iteration != args.train_iters:
+        training = self.training
+        if state.iteration % self.logging.log_interval and state.iteration != training.train_iters:
             return
         loss = sum(self._losses) / len(self._losses) if self._losses else float("nan")
         self._losses = []
         elapsed = (time.perf_counter() - self._window_start) / max(self._window_iters, 1)
         phases = self.timers.take(self._window_iters) if self.timers else {}
-        tokens_per_s = args.global_batch_size * args.seq_length / elapsed
+        tokens_per_s = training.global_batch_size * training.seq_length / elapsed
         tflops = self.flops_per_iteration / elapsed / world_size / 1e12
         mfu = f"{100.0 * tflops / self.peak:.2f}%" if self.peak else "n/a (set --peak-tflops)"
         if self.writes:
             grad = f"{grad_norm:.4f}" if grad_norm is not None else "n/a"
-            line = (f" iteration {state.iteration:8d}/{args.train_iters:8d} |"
+            line = (f" iteration {state.iteration:8d}/{training.train_iters:8d} |"
                     f" consumed samples: {state.consumed_samples:12d} |"
                     f" elapsed time per iteration (ms): {elapsed * 1000:.1f} |"
                     f" learning rate: {lr:.6E} |"
-                    f" global batch size: {args.global_batch_size:5d} |"
+                    f" global batch size: {training.global_batch_size:5d} |"
                     f" lm loss: {loss:.6E} |"
-                    + (f" loss scale: {loss_scale:.1f} |" if args.fp16 else "")
+                    + (f" loss scale: {loss_scale:.1f} |" if self.fp16 else "")
                     + f" grad norm: {grad} |"
                     f" tokens per second: {tokens_per_s:.1f} |"
                     f" TFLOP/s per device: {tflops:.2f} |"
@@ -77,7 +81,7 @@ class TrainLogger:
                 print(" time (ms) per iteration | " + " | ".join(f"{name}: {ms:.2f}" for name, ms in phases.items())
                       + " |", flush=True)
             # Megatron-LM's tags (training.py's training_log); "throughput" is its TFLOP/s per GPU.
-            scalars = {"lm loss": loss, "learning-rate": lr, "batch-size": args.global_batch_size,
+            scalars = {"lm loss": loss, "learning-rate": lr, "batch-size": training.global_batch_size,
                        "loss-scale": loss_scale, "tokens-per-second": tokens_per_s,
                        "tflops-per-device": tflops, "throughput": tflops, **self._memory()}
             if grad_norm is not None:
@@ -115,10 +119,10 @@ class TrainLogger:
             self.writer.flush()
         if self.wandb:
             self.wandb.log({**scalars, "samples": state.consumed_samples}, step=state.iteration)
-        if self.args.log_json:
+        if self.logging.log_json:
             record = {"iteration": state.iteration, "consumed_samples": state.consumed_samples,
                       **scalars, **(extra or {})}
-            with open(self.args.log_json, "a") as f:
+            with open(self.logging.log_json, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
     def close(self):

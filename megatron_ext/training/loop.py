@@ -20,29 +20,29 @@ class TrainState:
     consumed_samples: int = 0
 
 
-def connect_schedule(config, model, optimizer, args) -> None:
+def connect_schedule(config, model, optimizer, parallel) -> None:
     """Hooks megatron-core's pipeline schedules call back into (Megatron-LM wires the same)."""
     config.grad_scale_func = optimizer.scale_loss
     config.finalize_model_grads_func = finalize_model_grads
     no_sync = [chunk.no_sync for chunk in model]
     config.no_sync_func = no_sync[0] if len(model) == 1 else no_sync
-    if args.overlap_grad_reduce:
+    if parallel.overlap_grad_reduce:
         sync = [chunk.start_grad_sync for chunk in model]
         config.grad_sync_func = sync[0] if len(model) == 1 else sync
-    if args.overlap_param_gather and args.use_distributed_optimizer:
+    if parallel.overlap_param_gather and parallel.use_distributed_optimizer:
         gather = [chunk.start_param_sync for chunk in model]
         config.param_sync_func = gather[0] if len(model) == 1 else gather
 
 
-def run_microbatches(model, data_iterators, args, forward_only: bool):
+def run_microbatches(model, data_iterators, training, forward_only: bool):
     schedule = get_forward_backward_func()
     return schedule(
         forward_step_func=forward_step,
         data_iterator=data_iterators if len(model) > 1 else data_iterators[0],
         model=model if len(model) > 1 else model[0],
-        num_microbatches=args.num_microbatches,
-        seq_length=args.seq_length,
-        micro_batch_size=args.micro_batch_size,
+        num_microbatches=training.num_microbatches,
+        seq_length=training.seq_length,
+        micro_batch_size=training.micro_batch_size,
         forward_only=forward_only,
     )
 
@@ -61,55 +61,56 @@ def base_lr(scheduler) -> float:
     return scheduler.get_lr({})
 
 
-def train_step(model, optimizer, scheduler, data_iterators, args, timers: PhaseTimers = NO_TIMERS):
+def train_step(model, optimizer, scheduler, data_iterators, training, timers: PhaseTimers = NO_TIMERS):
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     with timers.phase("forward-backward"):
-        losses = run_microbatches(model, data_iterators, args, forward_only=False)
+        losses = run_microbatches(model, data_iterators, training, forward_only=False)
     with timers.phase("optimizer"):
         succeeded, grad_norm, _ = optimizer.step()
     if succeeded:  # fp16 skips the step when gradients overflowed
-        scheduler.step(increment=args.global_batch_size)
+        scheduler.step(increment=training.global_batch_size)
     return average_loss(losses), grad_norm
 
 
-def evaluate(model, data_iterators, args) -> float | None:
+def evaluate(model, data_iterators, training, eval_iters: int) -> float | None:
     for chunk in model:
         chunk.eval()
     losses = []
     with torch.no_grad():
-        for _ in range(args.eval_iters):
-            losses += run_microbatches(model, data_iterators, args, forward_only=True)
+        for _ in range(eval_iters):
+            losses += run_microbatches(model, data_iterators, training, forward_only=True)
     for chunk in model:
         chunk.train()
     return average_loss(losses)
 
 
-def train(args, model, optimizer, scheduler, state: TrainState, train_iters, validation_loss, logger, save_fn,
+def train(run, model, optimizer, scheduler, state: TrainState, train_iters, validation_loss, logger, save_fn,
           stop_check, timers: PhaseTimers = NO_TIMERS):
-    """Runs until args.train_iters or until stop_check says to stop. Returns (validation loss at the
+    """Runs (RunConfig `run`) until --train-iters or until stop_check says to stop. Returns (validation loss at the
     last iteration if evaluated there, why it stopped early or None). validation_loss() evaluates
     (None: never); save_fn(state) saves."""
     for chunk in model:
         chunk.train()
     logger.start_window()
     last_valid = None
-    while state.iteration < args.train_iters:
-        loss, grad_norm = train_step(model, optimizer, scheduler, train_iters, args, timers)
+    training, save_every = run.training, run.checkpoint.save_interval if run.checkpoint.save else None
+    while state.iteration < training.train_iters:
+        loss, grad_norm = train_step(model, optimizer, scheduler, train_iters, training, timers)
         state.iteration += 1
-        state.consumed_samples += args.global_batch_size
+        state.consumed_samples += training.global_batch_size
         logger.training_step(state, loss, base_lr(scheduler), grad_norm, optimizer.get_loss_scale().item(),
                              dist.get_world_size())
         stop_reason = stop_check.after_step(state.iteration, loss, grad_norm)  # raises on NaN/Inf
         if stop_reason:
             return last_valid, stop_reason
         last_valid = None
-        if validation_loss and state.iteration % args.eval_interval == 0:
+        if validation_loss and state.iteration % run.logging.eval_interval == 0:
             last_valid = validation_loss()
             logger.validation(state, last_valid)
             logger.start_window()
-        if args.save and args.save_interval and state.iteration % args.save_interval == 0:
+        if save_every and state.iteration % save_every == 0:
             save_fn(state)
             logger.start_window()
     return last_valid, None

@@ -8,22 +8,24 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron_ext.models.config import params_dtype
 
 
-def build_optimizer(args, model_chunks, parametrization):
+def build_optimizer(run, model_chunks, parametrization):
+    """From a RunConfig: its optimizer settings, precision and data-parallel layout."""
+    training, compute, parallel = run.training, run.compute, run.parallel
     config = OptimizerConfig(
         optimizer="adam",
-        lr=args.lr,
-        min_lr=args.min_lr,
-        weight_decay=args.weight_decay,
-        adam_beta1=args.adam_beta1,
-        adam_beta2=args.adam_beta2,
-        adam_eps=args.adam_eps,
-        clip_grad=args.clip_grad,
-        bf16=args.bf16,
-        fp16=args.fp16,
-        params_dtype=params_dtype(args),
-        initial_loss_scale=args.initial_loss_scale,
-        use_distributed_optimizer=args.use_distributed_optimizer,
-        overlap_param_gather=args.overlap_param_gather,
+        lr=training.lr,
+        min_lr=training.min_lr,
+        weight_decay=training.weight_decay,
+        adam_beta1=training.adam_beta1,
+        adam_beta2=training.adam_beta2,
+        adam_eps=training.adam_eps,
+        clip_grad=training.clip_grad,
+        bf16=compute.bf16,
+        fp16=compute.fp16,
+        params_dtype=params_dtype(compute),
+        initial_loss_scale=training.initial_loss_scale,
+        use_distributed_optimizer=parallel.use_distributed_optimizer,
+        overlap_param_gather=parallel.overlap_param_gather,
     )
     return get_megatron_optimizer(config, model_chunks,
                                   config_overrides=parametrization.optimizer_overrides(config))

@@ -8,13 +8,14 @@ from megatron.core import parallel_state
 from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
 
-def initialize_parallel(args) -> None:
+def initialize_parallel(parallel, seed: int) -> None:
+    """megatron-core's groups for a ParallelConfig, then every RNG seeded."""
     parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=args.tensor_model_parallel_size,
-        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
-        virtual_pipeline_model_parallel_size=args.virtual_pipeline_model_parallel_size,
+        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
     )
-    seed_everything(args.seed)
+    seed_everything(seed)
 
 
 def seed_everything(seed: int) -> None:

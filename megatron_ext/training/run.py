@@ -10,8 +10,7 @@ import torch
 
 @dataclass
 class Run:
-    args: object              # the validated flags
-    identity: object          # ModelIdentity, with the tokenizer's vocabulary
+    config: object            # RunConfig (arguments/configs.py), its model's vocabulary set by the tokenizer
     device: torch.device
     model: list               # chunks (one per virtual pipeline stage), in megatron's DDP
     optimizer: object
@@ -21,6 +20,7 @@ class Run:
     valid_dataset: object     # None without a validation split
     logger: object            # training/logging.py TrainLogger
     timers: object            # training/timers.py PhaseTimers
+    provenance: dict          # the loaded checkpoint's record of its Hugging Face source, carried to every save
 
     def batches(self, dataset, consumed: int, cycle: bool) -> list:
         """One micro-batch iterator per model chunk over this rank's data-parallel share of `dataset`."""
@@ -29,13 +29,15 @@ class Run:
         from megatron_ext.training.timers import timed_batches
 
         dp_rank, dp_size = data_parallel_rank_and_size()
-        return [timed_batches(micro_batches(dataset, consumed, self.args.micro_batch_size, dp_rank, dp_size,
-                                            self.args.num_workers, cycle=cycle), self.timers) for _ in self.model]
+        micro_batch, workers = self.config.training.micro_batch_size, self.config.data.num_workers
+        return [timed_batches(micro_batches(dataset, consumed, micro_batch, dp_rank, dp_size, workers, cycle=cycle),
+                              self.timers) for _ in self.model]
 
 
-def build_run(args, device: torch.device) -> Run:
+def build_run(config, device: torch.device) -> Run:
     """Parallel state, tokenizer (which fixes the vocabulary), model/optimizer/schedule, the checkpoint to
     resume (if any), datasets and the logger. Imports are local so --help and flag errors stay fast."""
+    from megatron_ext.arguments.from_checkpoint import checkpoint_provenance
     from megatron_ext.checkpoint.dist import check_save_target, load_checkpoint
     from megatron_ext.checkpoint.paths import has_checkpoint
     from megatron_ext.data.build import build_datasets, build_vocab
@@ -45,22 +47,24 @@ def build_run(args, device: torch.device) -> Run:
     from megatron_ext.training.parallel import initialize_parallel, is_last_rank
     from megatron_ext.training.timers import PhaseTimers
 
-    initialize_parallel(args)
-    tokenizer, vocab_size = build_vocab(args)
-    identity = args.model_identity.replace(vocab_size=vocab_size)  # the tokenizer decides the vocabulary
-    if args.save:
-        check_save_target(args.save, args, identity)
-    built = build_trainable(args, device, vocab_size)
+    initialize_parallel(config.parallel, config.training.seed)
+    tokenizer, vocab_size = build_vocab(config.data)
+    config = config.with_vocab(vocab_size)  # the tokenizer decides the model's vocabulary
+    save, load = config.checkpoint.save, config.checkpoint.load
+    if save:
+        check_save_target(save, config)
+    built = build_trainable(config, device)
 
-    state = TrainState()
-    if args.load and has_checkpoint(args.load):
-        state.iteration, state.consumed_samples = load_checkpoint(args.load, built.model, built.optimizer,
-                                                                    built.scheduler, args, identity)
-    elif args.load and is_last_rank():  # Megatron-LM's behaviour: --save X --load X on a first launch
-        print(f" > no checkpoint in --load {args.load} yet: starting from scratch", flush=True)
-    train_ds, valid_ds = build_datasets(args, tokenizer, vocab_size)
+    state, provenance = TrainState(), {}
+    if load and has_checkpoint(load):
+        provenance = checkpoint_provenance(load)
+        state.iteration, state.consumed_samples = load_checkpoint(load, built.model, built.optimizer,
+                                                                    built.scheduler, config)
+    elif load and is_last_rank():  # Megatron-LM's behaviour: --save X --load X on a first launch
+        print(f" > no checkpoint in --load {load} yet: starting from scratch", flush=True)
+    train_ds, valid_ds = build_datasets(config.data, config.training, config.logging, tokenizer, vocab_size)
 
-    timers = PhaseTimers(args.timing_log_level, device)
-    logger = TrainLogger(args, identity, device, writes=is_last_rank(), timers=timers)
-    return Run(args, identity, device, built.model, built.optimizer, built.scheduler, state, train_ds, valid_ds,
-               logger, timers)
+    timers = PhaseTimers(config.logging.timing_log_level, device)
+    logger = TrainLogger(config, device, writes=is_last_rank(), timers=timers)
+    return Run(config, device, built.model, built.optimizer, built.scheduler, state, train_ds, valid_ds, logger,
+               timers, provenance)

@@ -53,19 +53,19 @@ def _is_finite(value) -> bool:
 class StopCheck:
     """after_step() returns why training should stop now (None: go on), the same on every rank."""
 
-    def __init__(self, args, device: torch.device):
-        self.args = args
+    def __init__(self, training, device: torch.device):
+        self.training = training  # TrainingConfig: the exit flags
         self.device = device
         # From the process start, as Megatron-LM counts it: loading a large checkpoint takes minutes too.
         self.start = psutil.Process().create_time()
-        self.signals = SignalFlag() if args.exit_signal_handler else None
+        self.signals = SignalFlag() if training.exit_signal_handler else None
 
     def after_step(self, iteration: int, loss: float | None, grad_norm) -> str | None:
-        args = self.args
-        time_up = (args.exit_duration_in_mins is not None
-                   and time.time() - self.start >= 60 * args.exit_duration_in_mins)
+        training = self.training
+        time_up = (training.exit_duration_in_mins is not None
+                   and time.time() - self.start >= 60 * training.exit_duration_in_mins)
         received = self.signals.received if self.signals else None
-        check = args.check_for_nan_in_loss_and_grad
+        check = training.check_for_nan_in_loss_and_grad
         # loss is None off the last pipeline stage, grad_norm None when fp16 skipped an overflowing step.
         flags = torch.tensor([received or 0, check and not _is_finite(loss), check and not _is_finite(grad_norm),
                               time_up], dtype=torch.float64, device=self.device)
@@ -75,10 +75,10 @@ class StopCheck:
             self._non_finite(iteration, loss, grad_norm, bad_loss, bad_grad)
         if signum:
             return f"received {signal.Signals(signum).name}"
-        if args.exit_interval and iteration % args.exit_interval == 0:
-            return f"--exit-interval {args.exit_interval}"
+        if training.exit_interval and iteration % training.exit_interval == 0:
+            return f"--exit-interval {training.exit_interval}"
         if time_up:
-            return f"--exit-duration-in-mins {args.exit_duration_in_mins}"
+            return f"--exit-duration-in-mins {training.exit_duration_in_mins}"
         return None
 
     def _non_finite(self, iteration, loss, grad_norm, bad_loss, bad_grad):

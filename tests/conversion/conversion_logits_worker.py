@@ -3,7 +3,7 @@ with the flags recorded in a checkpoint's args, load the checkpoint, run a forwa
 save the full-vocabulary logits (μP multiplier applied, gathered across TP, padding dropped).
 
     torchrun --nproc-per-node 4 conversion_logits_worker.py JOBS.json
-JOBS.json: [{"ckpt": DIR, "tp": 2, "pp": 1, "tokens": [[...]], "out": FILE.pt}, ...]; with more
+JOBS.json: [{"ckpt": DIR, "tp": 2, "pp": 1, "sp": false, "tokens": [[...]], "out": FILE.pt}, ...]; with more
 processes than TP x PP the rest are data-parallel replicas computing the same thing.
 """
 
@@ -14,11 +14,12 @@ import warnings
 import torch
 
 
-def model_argv(ckpt: str, tp: int, pp: int, world_size: int) -> list[str]:
+def model_argv(ckpt: str, tp: int, pp: int, world_size: int, sp: bool = False) -> list[str]:
     """pretrain_llama.py flags that build the model recorded in checkpoint CKPT (its model identity)."""
     return [str(a) for a in ["--load", ckpt, "--mock-data", "--device", "cpu", "--train-iters", 1,
                              "--micro-batch-size", 1, "--global-batch-size", world_size // (tp * pp),
-                             "--tensor-model-parallel-size", tp, "--pipeline-model-parallel-size", pp]]
+                             "--tensor-model-parallel-size", tp, "--pipeline-model-parallel-size", pp]
+            + (["--sequence-parallel"] if sp else [])]
 
 
 def run_job(job: dict, world_size: int) -> None:
@@ -26,7 +27,7 @@ def run_job(job: dict, world_size: int) -> None:
     from megatron.core.pipeline_parallel import get_forward_backward_func
     from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
 
-    from megatron_ext.arguments import parse_args
+    from megatron_ext.arguments import parse_config
     from megatron_ext.checkpoint.convert import read_common
     from megatron_ext.models.config import transformer_config
     from megatron_ext.models.gpt import build_gpt_chunk
@@ -35,13 +36,15 @@ def run_job(job: dict, world_size: int) -> None:
     from megatron_ext.training.step import language_model_logits
 
     _, directory, _ = read_common(job["ckpt"], None)
-    args = parse_args(model_argv(job["ckpt"], job["tp"], job["pp"], world_size), world_size=world_size)
+    run = parse_config(model_argv(job["ckpt"], job["tp"], job["pp"], world_size, job.get("sp", False)),
+                       world_size=world_size)
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
-    initialize_parallel(args)
-    identity = args.model_identity.replace(vocab_size=args.vocab_size)
-    config = transformer_config(args, on_cpu=True, mup_multipliers=build_parametrization(identity).multipliers)
-    model = build_gpt_chunk(config, identity, args.layer_spec, None)
+    initialize_parallel(run.parallel, run.training.seed)
+    run = run.with_vocab(run.data.vocab_size)
+    identity = run.model
+    config = transformer_config(run, on_cpu=True, mup_multipliers=build_parametrization(identity).multipliers)
+    model = build_gpt_chunk(config, identity, run.compute.layer_spec, None)
     model.eval()
     loaded = dist_checkpointing.load({"model0": model.sharded_state_dict()}, directory)
     model.load_state_dict(loaded["model0"], strict=True)

@@ -21,13 +21,14 @@ from safetensors.torch import load_file, save_file
 from megatron_ext.checkpoint.convert import hf_to_megatron, megatron_to_hf
 from megatron_ext.checkpoint.hf_arch import (half_split_to_interleaved, interleaved_to_half_split,
                                              permute_head_channels)
+from megatron_ext.models.identity import ModelIdentity
 
 LAYOUTS = {"tp2": (2, 1), "pp2": (1, 2), "tp2xpp2": (2, 2)}
 LLAMA_CASES = [(case, layout) for case in ("llama", "llama-tied") for layout in LAYOUTS]
 OTHER_CASES = [("llama-mup", "tp2xpp2"), ("llama-tied-mup", "pp2"), ("crystal", "tp2xpp2"), ("llama-interleaved", "tp2xpp2"),
                ("crystal-half-split", "tp2"), ("crystal-half-split", "pp2")]
 # μP multipliers given to a plain model (the same weights then compute different logits).
-MUP_ARGS = dict(use_mup=True, mup_base_hidden_size=96, mup_width_scale=0.5, mup_embeddings_scale=3.0,
+MUP_FIELDS = dict(use_mup=True, mup_base_hidden_size=96, mup_width_scale=0.5, mup_embeddings_scale=3.0,
                 mup_output_alpha=2.0, mup_scale_qk_dot_by_d=True)
 
 
@@ -42,7 +43,7 @@ def converted(tmp_path_factory):
         hf_to_megatron(str(root / f"hf-{name}"), str(root / f"mg-{name}"), progress=False)
     for name in ("llama", "llama-tied"):
         shutil.copytree(root / f"mg-{name}", root / f"mg-{name}-mup")
-        _edit_args(root / f"mg-{name}-mup", **MUP_ARGS)
+        _edit_model(root / f"mg-{name}-mup", **MUP_FIELDS)
         megatron_to_hf(str(root / f"mg-{name}-mup"), str(root / f"hf-{name}-mup"), progress=False)
     _other_rope_convention(root, "llama", interleaved=True)
     _other_rope_convention(root, "crystal", interleaved=False)
@@ -57,16 +58,17 @@ def converted(tmp_path_factory):
                   for case, layout in LLAMA_CASES + OTHER_CASES}
 
 
-def _edit_args(ckpt, **changes):
+def _edit_model(ckpt, **changes):
+    """Change fields of the model identity a checkpoint records."""
     path = ckpt / "iter_0000000" / "common.pt"
     common = load_common(path.parent)
-    common["args"].update(changes)
+    common["model_identity"] = ModelIdentity.from_checkpoint(common).replace(**changes).to_checkpoint()
     save_common(path.parent, common)
 
 
 def _other_rope_convention(root, kind, interleaved: bool):
     """mg-{kind}-{convention}: the same function in the other RoPE convention, made by reordering the
-    q/k channels of the HF weights, converting, and flipping --rotary-interleaved in the args."""
+    q/k channels of the HF weights, converting, and flipping rotary_interleaved in the model identity."""
     tensors = load_file(root / f"hf-{kind}" / "model.safetensors")
     if kind == "llama":
         perm = half_split_to_interleaved(100, 100)
@@ -83,7 +85,7 @@ def _other_rope_convention(root, kind, interleaved: bool):
     shutil.copytree(root / f"hf-{kind}", root / f"hf-{name}")
     save_file(tensors, root / f"hf-{name}" / "model.safetensors", metadata={"format": "pt"})
     hf_to_megatron(str(root / f"hf-{name}"), str(root / f"mg-{name}"), progress=False)
-    _edit_args(root / f"mg-{name}", rotary_interleaved=interleaved)
+    _edit_model(root / f"mg-{name}", rotary_interleaved=interleaved)
     megatron_to_hf(str(root / f"mg-{name}"), str(root / f"exported-{name}"), progress=False)
 
 

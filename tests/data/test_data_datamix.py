@@ -97,7 +97,7 @@ def test_realised_mixture_matches_weights_and_fim_is_per_source(mix, monkeypatch
     args = _args(tmp, ["--data-mix", path, "--special-tokens", "crystal", "--fim-split", "token"])
     tokenizer, vocab = build_vocab(args)
     assert vocab == 1024  # 1001 + 22 specials, padded to a multiple of 32
-    train, _ = build_datasets(args, tokenizer, vocab)
+    train, _ = build_datasets(args, args, args, tokenizer, vocab)  # the flags hold all three configs' fields
     n = 3000
     assert len(train) >= n  # megatron-core adds a small margin
     fim_prefix = tokenizer.special_token_ids["<|fim_prefix|>"]
@@ -147,7 +147,7 @@ def test_fim_rates_are_realised_per_source_through_build_py(fim_mix, monkeypatch
     monkeypatch.setenv("DATA_ROOT", str(tmp))
     args = _args(tmp, ["--data-mix", path, "--special-tokens", "crystal", "--fim-split", "token"], train_iters=1000)
     tokenizer, vocab = build_vocab(args)
-    train, _ = build_datasets(args, tokenizer, vocab)
+    train, _ = build_datasets(args, args, args, tokenizer, vocab)  # the flags hold all three configs' fields
     specials = tokenizer.special_token_ids
     pre, suf = specials["<|fim_prefix|>"], specials["<|fim_suffix|>"]
     eod = tokenizer.eod

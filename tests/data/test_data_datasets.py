@@ -178,8 +178,9 @@ def test_start_up_data_summary_names_each_source_and_its_weight():
     from megatron_ext.data.build import describe_data
 
     def summary(data_path, data_mix=None):
-        return describe_data(SimpleNamespace(mock_data=False, data_mix=data_mix, data_path=data_path,
-                                             split="99,1,0", fim_split="char"))
+        data = SimpleNamespace(mock_data=False, data_mix=data_mix, data_path=data_path, split="99,1,0",
+                               fim_split="char")
+        return describe_data(data, SimpleNamespace(eval_interval=None))
 
     assert summary(["1", "a", "3", "b"]).splitlines()[1:] == ["     a: weight 0.2500", "     b: weight 0.7500"]
     assert summary(["a"]).splitlines()[1:] == ["     a: weight 1.0000"]

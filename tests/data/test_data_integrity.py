@@ -111,7 +111,7 @@ def _token_checked(data, data_path, vocab, split="100,0,0"):
     args = SimpleNamespace(train_iters=10, global_batch_size=4, eval_interval=None, eval_iters=0,
                            mock_data=False, data_path=data_path, split=split, seq_length=32, seed=1,
                            data_cache_path=None, data_mix=None)
-    return build_datasets(args, tok, tok.vocab_size)
+    return build_datasets(args, args, args, tok, tok.vocab_size)  # data, training and logging fields in one
 
 
 def test_ids_within_the_vocabulary_pass_unchanged(data):

@@ -84,15 +84,12 @@ def _preset_shapes():
     from megatron_ext.models.presets import PRESETS
 
     for name, p in sorted(PRESETS.items()):
-        heads = p["num_attention_heads"]
-        groups = p.get("num_query_groups", heads) if p.get("group_query_attention") else heads
-        head_dim = p["hidden_size"] // heads
-        half = int(head_dim * p["rotary_percent"]) // 2
+        heads, groups, head_dim = p.num_attention_heads, p.num_query_groups, p.kv_channels
         for tp in TENSOR_PARALLEL:
-            if heads % tp or groups % tp or p["ffn_hidden_size"] % tp:
+            if heads % tp or groups % tp or p.ffn_hidden_size % tp:
                 continue
-            yield (name, tp, p["hidden_size"], p["ffn_hidden_size"] // tp, heads // tp, groups // tp,
-                   head_dim, half, p["rotary_interleaved"])
+            yield (name, tp, p.hidden_size, p.ffn_hidden_size // tp, heads // tp, groups // tp,
+                   head_dim, p.rotary_dim // 2, p.rotary_interleaved)
 
 
 def _empty(*shape, dtype):

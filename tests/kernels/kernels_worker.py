@@ -21,7 +21,7 @@ import sys
 import torch
 
 from megatron_ext import kernels
-from megatron_ext.arguments import parse_args
+from megatron_ext.arguments import parse_config
 from megatron_ext.platform import init_distributed
 
 OPS = ("rms_norm", "layer_norm", "swiglu", "apply_rotary")
@@ -41,17 +41,18 @@ def count_kernel_calls() -> None:
         setattr(kernels, op, counted)
 
 
-def build_variant(args, platform):
+def build_variant(config, platform):
     from megatron_ext.data.build import build_datasets
     from megatron_ext.data.loader import micro_batches
     from megatron_ext.training.build import build_trainable
     from megatron_ext.training.parallel import data_parallel_rank_and_size
 
-    built = build_trainable(args, platform.device, args.vocab_size)
+    config = config.with_vocab(config.data.vocab_size)
+    built = build_trainable(config, platform.device)
     model, optimizer, scheduler = built.model, built.optimizer, built.scheduler
-    train_ds, _ = build_datasets(args, None, args.vocab_size)
+    train_ds, _ = build_datasets(config.data, config.training, config.logging, None, config.model.vocab_size)
     dp_rank, dp_size = data_parallel_rank_and_size()
-    iterators = [micro_batches(train_ds, 0, args.micro_batch_size, dp_rank, dp_size) for _ in model]
+    iterators = [micro_batches(train_ds, 0, config.training.micro_batch_size, dp_rank, dp_size) for _ in model]
     for chunk in model:
         chunk.train()
     return model, optimizer, scheduler, iterators
@@ -78,10 +79,10 @@ def run_case(case: dict, platform) -> dict:
     from megatron_ext.training.loop import train_step
     from megatron_ext.training.parallel import initialize_parallel
 
-    variants = {name: parse_args(case["argv"] + extra) for name, extra in case["variants"].items()}
+    variants = {name: parse_config(case["argv"] + extra) for name, extra in case["variants"].items()}
     first = next(iter(variants.values()))
-    initialize_parallel(first)
-    built = {name: build_variant(args, platform) for name, args in variants.items()}
+    initialize_parallel(first.parallel, first.training.seed)
+    built = {name: build_variant(config, platform) for name, config in variants.items()}
     results = {name: {"losses": [], "grad_norms": [], "grads": None} for name in variants}
 
     for name, (model, optimizer, _, _) in built.items():
@@ -94,10 +95,10 @@ def run_case(case: dict, platform) -> dict:
 
         optimizer.step = snapshot_then_step
 
-    for _ in range(first.train_iters):
+    for _ in range(first.training.train_iters):
         for name, (model, optimizer, scheduler, iterators) in built.items():
             CURRENT["variant"] = (case["name"], name)
-            loss, grad_norm = train_step(model, optimizer, scheduler, iterators, variants[name])
+            loss, grad_norm = train_step(model, optimizer, scheduler, iterators, variants[name].training)
             results[name]["losses"].append(loss)
             results[name]["grad_norms"].append(float(grad_norm))
     for name, (model, _, _, _) in built.items():
@@ -109,7 +110,7 @@ def run_case(case: dict, platform) -> dict:
 
 def main(out_prefix: str, spec: str) -> None:
     cases = json.loads(spec)
-    platform = init_distributed(parse_args(cases[0]["argv"]).device)
+    platform = init_distributed(parse_config(cases[0]["argv"]).parallel.device)
     count_kernel_calls()
     out = {case["name"]: run_case(case, platform) for case in cases}
     torch.save(out, f"{out_prefix}.{platform.rank}.pt")

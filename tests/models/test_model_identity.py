@@ -8,7 +8,8 @@ import json
 import pytest
 
 from megatron_ext.arguments import parse_args
-from megatron_ext.checkpoint import hf_crystalcoder, hf_llama
+from megatron_ext.checkpoint import hf_llama, hf_openlm
+from megatron_ext.checkpoint.convert import FORMATS, default_format
 from megatron_ext.checkpoint.hf_arch import IDENTITY_KEY, restore_identity
 from megatron_ext.models.identity import IdentityError, ModelIdentity
 from megatron_ext.models.presets import PRESETS
@@ -24,19 +25,26 @@ NON_DEFAULT_MUP = dict(use_mup=True, mup_base_hidden_size=32, mup_base_ffn_hidde
 
 
 def identities():
-    """Every preset as it stands, and each with non-default μP bases and vocabulary padding."""
+    """Every preset as it stands, and each with non-default training-only fields: μP bases where its HF layout
+    can express μP (open_lm's cannot: its export is refused), the init and the vocabulary padding."""
     for name, preset in PRESETS.items():
         yield name, preset
-        yield f"{name}+mup", preset.replace(**NON_DEFAULT_MUP, init_method_std=0.011, make_vocab_size_divisible_by=64)
+        if default_format(preset) == hf_openlm.NAME:
+            yield f"{name}+init", preset.replace(init_method="normal", init_method_std=0.011,
+                                                 make_vocab_size_divisible_by=64)
+        else:
+            yield f"{name}+mup", preset.replace(**NON_DEFAULT_MUP, init_method_std=0.011,
+                                                make_vocab_size_divisible_by=64)
 
 
 def layout(identity: ModelIdentity):
-    return hf_crystalcoder if identity.layer_norm else hf_llama
+    return FORMATS[default_format(identity)]
 
 
 def through_hf_config(identity: ModelIdentity, tmp_path) -> ModelIdentity:
     """identity -> the layout's config.json (as an export writes it) -> the identity an import reads."""
     fmt = layout(identity)
+    fmt.check_exportable(identity)
     fmt.write_config(identity, {}, str(tmp_path), torch.float32)
     config = json.loads((tmp_path / "config.json").read_text())
     return restore_identity(fmt.identity_from_config(config), config, fmt.EXPRESSED)
@@ -101,5 +109,5 @@ def test_checkpoint_identity_from_a_newer_version_is_refused_with_the_fix():
     stored = PRESETS["tiny"].to_checkpoint()
     with pytest.raises(IdentityError, match="version 2.*upgrade megatron_ext"):
         ModelIdentity.from_checkpoint({"model_identity": {**stored, "version": 2}})
-    with pytest.raises(IdentityError, match="qk_norm.*upgrade megatron_ext"):
-        ModelIdentity.from_checkpoint({"model_identity": {**stored, "qk_norm": True}})
+    with pytest.raises(IdentityError, match="sliding_window.*upgrade megatron_ext"):
+        ModelIdentity.from_checkpoint({"model_identity": {**stored, "sliding_window": 4096}})

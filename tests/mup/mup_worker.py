@@ -12,6 +12,7 @@ import json
 import sys
 
 from megatron_ext.arguments import parse_args
+from megatron_ext.arguments.configs import RunConfig
 from megatron_ext.platform import init_distributed
 
 
@@ -43,8 +44,8 @@ def main(out_prefix: str, argv: list[str]) -> None:
 
     assert not args.use_distributed_optimizer, "groups of the distributed optimizer hold shard copies"
     # Same build order as megatron_ext/training/pretrain.py.
-    initialize_parallel(args)
-    built = build_trainable(args, platform.device, args.vocab_size)
+    initialize_parallel(args, args.seed)  # the flags carry ParallelConfig's fields
+    built = build_trainable(RunConfig.from_flags(args).with_vocab(args.vocab_size), platform.device)
     model, optimizer, scheduler = built.model, built.optimizer, built.scheduler
 
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
@@ -68,7 +69,7 @@ def main(out_prefix: str, argv: list[str]) -> None:
             record["lr"].append(group["lr"] if group else None)
             record["weight_decay"].append(group["weight_decay"] if group else None)
 
-    train_ds, _ = build_datasets(args, None, args.vocab_size)
+    train_ds, _ = build_datasets(args, args, args, None, args.vocab_size)  # data, training, logging fields
     dp_rank, dp_size = data_parallel_rank_and_size()
     iterators = [micro_batches(train_ds, 0, args.micro_batch_size, dp_rank, dp_size) for _ in model]
     for chunk in model:

@@ -5,21 +5,21 @@ import sys
 
 import torch
 
-from megatron_ext.arguments import parse_args
+from megatron_ext.arguments import parse_config
 from megatron_ext.platform import init_distributed
 
 
 def main(out_prefix: str, argv: list[str]) -> None:
-    args = parse_args(argv)
-    platform = init_distributed(args.device)
+    config = parse_config(argv)
+    platform = init_distributed(config.parallel.device)
     from megatron.core import parallel_state
 
     from megatron_ext.models.init import global_param_name
     from megatron_ext.training.build import build_trainable
     from megatron_ext.training.parallel import initialize_parallel
 
-    initialize_parallel(args)
-    model = build_trainable(args, platform.device, args.vocab_size).model
+    initialize_parallel(config.parallel, config.training.seed)
+    model = build_trainable(config.with_vocab(config.data.vocab_size), platform.device).model
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
     shards = {}
     for chunk in model:

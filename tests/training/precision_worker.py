@@ -15,13 +15,13 @@ import sys
 
 import torch
 
-from megatron_ext.arguments import parse_args
+from megatron_ext.arguments import parse_config
 from megatron_ext.platform import init_distributed
 
 
 def main(out_prefix: str, argv: list[str]) -> None:
-    args = parse_args(argv)
-    platform = init_distributed(args.device)
+    config = parse_config(argv)
+    platform = init_distributed(config.parallel.device)
     from megatron.core.transformer.transformer_layer import TransformerLayer
 
     from megatron_ext.data.build import build_datasets
@@ -30,8 +30,9 @@ def main(out_prefix: str, argv: list[str]) -> None:
     from megatron_ext.training.loop import train_step
     from megatron_ext.training.parallel import data_parallel_rank_and_size, initialize_parallel
 
-    initialize_parallel(args)
-    built = build_trainable(args, platform.device, args.vocab_size)
+    initialize_parallel(config.parallel, config.training.seed)
+    config = config.with_vocab(config.data.vocab_size)
+    built = build_trainable(config, platform.device)
     model, optimizer, scheduler = built.model, built.optimizer, built.scheduler
     params = collections.Counter(str(p.dtype) for chunk in model for p in chunk.module.parameters())
     activations = collections.Counter()
@@ -44,12 +45,12 @@ def main(out_prefix: str, argv: list[str]) -> None:
         for module in chunk.module.modules():
             if isinstance(module, TransformerLayer):
                 module.register_forward_hook(record)
-    train_ds, _ = build_datasets(args, None, args.vocab_size)
+    train_ds, _ = build_datasets(config.data, config.training, config.logging, None, config.model.vocab_size)
     dp_rank, dp_size = data_parallel_rank_and_size()
-    iterators = [micro_batches(train_ds, 0, args.micro_batch_size, dp_rank, dp_size) for _ in model]
+    iterators = [micro_batches(train_ds, 0, config.training.micro_batch_size, dp_rank, dp_size) for _ in model]
     for chunk in model:
         chunk.train()
-    train_step(model, optimizer, scheduler, iterators, args)
+    train_step(model, optimizer, scheduler, iterators, config.training)
     main_params = collections.Counter(str(p.dtype) for group in optimizer.param_groups for p in group["params"])
     with open(f"{out_prefix}.{platform.rank}.json", "w") as f:
         json.dump({"params": params, "activations": activations, "main_params": main_params}, f)

@@ -63,7 +63,7 @@ def test_missing_data_path_fails_fast_and_writes_nothing(tmp_path):
 
 def test_impossible_layout_under_torchrun_writes_nothing(tmp_path):
     save = tmp_path / "ckpt"
-    proc = run_pretrain(TINY_ARGS + ["--train-iters", 2, "--tensor-model-parallel-size", 2,
+    proc = run_pretrain(TINY_ARGS + ["--train-iters", 2, "--tensor-model-parallel-size", 2, "--hidden-size", 48,
                                      "--num-attention-heads", 3, "--save", save], nproc=2, check=False)
     assert proc.returncode != 0
     assert "--num-attention-heads 3 is not divisible by --tensor-model-parallel-size 2" in proc.stdout

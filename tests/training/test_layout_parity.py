@@ -4,7 +4,8 @@ import json
 import subprocess
 
 import pytest
-from launch import REPO, TINY_ARGS, free_port, read_log, read_losses, run_pretrain, test_env, torchrun_cmd
+from launch import (REPO, TINY_ARGS, free_port, read_log, read_losses, run_pretrain, start_pretrain, test_env,
+                    torchrun_cmd, wait_all)
 
 ITERS = 3
 REL_TOL = 1e-5
@@ -127,3 +128,27 @@ def test_mup_crystal_layout_matches_single_process(layout, mup_reference_losses,
     log = tmp_path / "log.jsonl"
     run_pretrain(MUP_ARGS + ["--log-json", log] + extra, nproc=nproc)
     assert_same_losses(read_losses(log), mup_reference_losses)
+
+
+# DCLM-1B's architecture (open_lm): gain-only LayerNorm, a query/key norm over the whole projection whose
+# statistics are all-reduced across TP, open_lm's initialisation.
+DCLM_ARGS = TINY_ARGS + ["--model-preset", "tiny-dclm", "--train-iters", ITERS]
+DCLM_LAYOUTS = {
+    "tp2": (2, ["--tensor-model-parallel-size", 2]),
+    "pp2": (2, ["--pipeline-model-parallel-size", 2]),
+    "dp2": (2, []),
+    "tp2xpp2": (4, ["--tensor-model-parallel-size", 2, "--pipeline-model-parallel-size", 2, "--sequence-parallel"]),
+}
+
+
+def test_dclm_layouts_match_single_process(tmp_path):
+    """Started together (start-up, not compute, is what costs on CPU)."""
+    logs = {name: tmp_path / f"{name}.jsonl" for name in ["single", *DCLM_LAYOUTS]}
+    procs = {"single": start_pretrain(DCLM_ARGS + ["--log-json", logs["single"]])}
+    procs.update({name: start_pretrain(DCLM_ARGS + ["--log-json", logs[name]] + extra, nproc=nproc)
+                  for name, (nproc, extra) in DCLM_LAYOUTS.items()})
+    wait_all(procs)
+    reference = read_losses(logs["single"])
+    assert sorted(reference) == list(range(1, ITERS + 1)) and reference[ITERS] < reference[1]
+    for name in DCLM_LAYOUTS:
+        assert_same_losses(read_losses(logs[name]), reference)

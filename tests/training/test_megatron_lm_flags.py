@@ -3,7 +3,8 @@ with a message saying why and what to use instead. Parser-level: no process star
 
 import pytest
 
-from megatron_ext.arguments import build_parser, parse_args
+from megatron_ext.arguments import build_parser, parse_args, parse_config
+from megatron_ext.arguments.configs import RunConfig
 from megatron_ext.models.config import transformer_config
 
 BASE = ["--model-preset", "tiny", "--mock-data", "--device", "cpu", "--train-iters", "10"]
@@ -15,7 +16,7 @@ def test_recompute_activations_means_selective_even_with_granularity_full():
                   ["--recompute-granularity", "full", "--recompute-activations"]):
         args = parse_args(BASE + flags, world_size=1)
         assert args.recompute_granularity == "selective", flags
-        config = transformer_config(args, on_cpu=True)
+        config = transformer_config(RunConfig.from_flags(args), on_cpu=True)
         assert config.recompute_granularity == "selective" and config.recompute_method is None
 
 
@@ -42,7 +43,7 @@ def test_overlap_param_gather_needs_the_distributed_optimizer_and_overlap_grad_r
 def test_swiglu_is_accepted_and_omitting_it_does_not_mean_gelu():
     for flags in ([], ["--swiglu"]):
         args = parse_args(BASE + flags, world_size=1)
-        config = transformer_config(args, on_cpu=True)
+        config = transformer_config(RunConfig.from_flags(args), on_cpu=True)
         assert args.swiglu and config.gated_linear_unit and config.activation_func.__name__ == "silu"
     assert "GeLU" in flag_help("--swiglu")
 
@@ -132,10 +133,10 @@ def test_lr_decay_samples_as_megatron_lm():
 
 
 def test_dropout_flags_reach_the_model_config():
-    config = transformer_config(parse_args(BASE, world_size=1), on_cpu=True)
+    config = transformer_config(parse_config(BASE, world_size=1), on_cpu=True)
     assert (config.hidden_dropout, config.attention_dropout) == (0.0, 0.0)  # LLaMA's; Megatron-LM defaults 0.1
     args = parse_args(BASE + ["--hidden-dropout", "0.1", "--attention-dropout", "0.2"], world_size=1)
-    config = transformer_config(args, on_cpu=True)
+    config = transformer_config(RunConfig.from_flags(args), on_cpu=True)
     assert (config.hidden_dropout, config.attention_dropout) == (0.1, 0.2)
 
 
@@ -145,7 +146,7 @@ def test_attention_applies_attention_dropout_in_training_only():
     from megatron_ext.layers.attention import RotaryCoreAttention
 
     args = parse_args(BASE + ["--attention-dropout", "0.5"], world_size=1)
-    config = transformer_config(args, on_cpu=True)
+    config = transformer_config(RunConfig.from_flags(args), on_cpu=True)
     attention = RotaryCoreAttention(config, 1, None, None)
     heads, dim = config.num_attention_heads, config.kv_channels
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ import json
 import pytest
 from launch import run_pretrain
 
-from megatron_ext.arguments import parse_args
+from megatron_ext.arguments import parse_config
 from megatron_ext.data.build import describe_data
 from megatron_ext.data.preprocess import preprocess_jsonl
 from megatron_ext.training.logging import TrainLogger
@@ -39,26 +39,30 @@ def _notices(text: str) -> list[str]:
     (["--eval-iters", "0"], None),  # no --eval-interval: nothing was asked for
 ])
 def test_start_up_summary_says_when_there_is_no_validation(flags, expected):
-    notices = _notices(describe_data(parse_args(MOCK + flags)))
+    config = parse_config(MOCK + flags)
+    notices = _notices(describe_data(config.data, config.logging))
     assert notices == ([expected] if expected else [])
 
 
 def test_split_without_validation_share_is_named(corpus):
-    args = parse_args(["--model-preset", "tiny", "--device", "cpu", "--train-iters", "2",
-                       "--tokenizer-type", "NullTokenizer", "--vocab-size", "500", "--data-path", corpus,
-                       "--split", "100,0,0", "--eval-interval", "5", "--eval-iters", "2"])
-    assert _notices(describe_data(args)) == [
+    def config(split):
+        return parse_config(["--model-preset", "tiny", "--device", "cpu", "--train-iters", "2",
+                             "--tokenizer-type", "NullTokenizer", "--vocab-size", "500", "--data-path", corpus,
+                             "--split", split, "--eval-interval", "5", "--eval-iters", "2"])
+
+    without = config("100,0,0")
+    assert _notices(describe_data(without.data, without.logging)) == [
         " > no validation: --split 100,0,0 gives the validation split no share (--split 98,2,0 would give "
         "it 2%); --eval-interval 5 evaluates nothing"]
-    args.split = "98,2,0"
-    assert _notices(describe_data(args)) == []
+    with_share = config("98,2,0")
+    assert _notices(describe_data(with_share.data, with_share.logging)) == []
 
 
 def test_logger_skips_a_missing_validation_loss(capsys):
     import torch
 
-    args = parse_args(MOCK + ["--eval-interval", "5"])
-    logger = TrainLogger(args, args.model_identity.replace(vocab_size=512), torch.device("cpu"), writes=True)
+    logger = TrainLogger(parse_config(MOCK + ["--eval-interval", "5"]).with_vocab(512), torch.device("cpu"),
+                         writes=True)
     logger.validation(TrainState(iteration=0), None)
     assert capsys.readouterr().out == ""
     logger.validation(TrainState(iteration=5), 2.5)

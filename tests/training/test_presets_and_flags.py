@@ -4,6 +4,7 @@ restated here), and flags that reshape a run resolve as Megatron-LM's do."""
 import pytest
 
 from megatron_ext.arguments import parse_args
+from megatron_ext.arguments.configs import RunConfig
 from megatron_ext.models.config import transformer_config
 
 DATA = ["--mock-data", "--device", "cpu", "--train-iters", "10"]
@@ -29,7 +30,7 @@ def test_full_size_preset_matches_the_published_architecture(name):
     assert (model.normalization, model.norm_epsilon, model.add_bias_linear) == (norm, eps, bias)
     assert (model.rotary_percent, model.rotary_interleaved, model.tie_embeddings) == (rotary, interleaved, tied)
     assert args.swiglu and model.rotary_base == 10000.0
-    config = transformer_config(args, on_cpu=True)
+    config = transformer_config(RunConfig.from_flags(args), on_cpu=True)
     assert config.kv_channels == hidden // heads  # 100 for OpenLLaMA-3B: not a power of two
     assert config.num_query_groups == groups
     assert config.layernorm_epsilon == eps and config.add_bias_linear == bias

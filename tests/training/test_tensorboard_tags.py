@@ -10,6 +10,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from megatron_ext.arguments import parse_args
+from megatron_ext.arguments.configs import RunConfig
 from megatron_ext.training.logging import TrainLogger
 from megatron_ext.training.loop import TrainState
 
@@ -27,7 +28,7 @@ def _log_two_iterations(logger):
 
 def test_tensorboard_has_megatron_lms_tags_memory_and_arguments(tmp_path):
     args = parse_args(MOCK + ["--tensorboard-dir", str(tmp_path)], world_size=1)
-    _log_two_iterations(TrainLogger(args, args.model_identity.replace(vocab_size=512), torch.device("cpu"), writes=True))
+    _log_two_iterations(TrainLogger(RunConfig.from_flags(args).with_vocab(512), torch.device("cpu"), writes=True))
     events = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0, "scalars": 0})
     events.Reload()
     tags = set(events.Tags()["scalars"])
@@ -49,7 +50,7 @@ def test_wandb_mirrors_the_tensorboard_scalars(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", fake)
     args = parse_args(MOCK + ["--wandb-project", "proj", "--wandb-exp-name", "exp", "--wandb-save-dir",
                               str(tmp_path)], world_size=1)
-    _log_two_iterations(TrainLogger(args, args.model_identity.replace(vocab_size=512), torch.device("cpu"), writes=True))
+    _log_two_iterations(TrainLogger(RunConfig.from_flags(args).with_vocab(512), torch.device("cpu"), writes=True))
     init = calls["init"][0]
     assert (init["project"], init["name"], init["dir"]) == ("proj", "exp", str(tmp_path))
     assert init["config"]["global_batch_size"] == 4
