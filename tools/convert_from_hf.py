@@ -1,4 +1,4 @@
-"""Convert a Hugging Face checkpoint (LLaMA or CrystalCoder) into a checkpoint pretrain_llama.py loads.
+"""Convert a Hugging Face checkpoint (LLaMA, CrystalCoder or open_lm/DCLM) into a checkpoint pretrain_llama.py loads.
 
     python tools/convert_from_hf.py --hf path/to/hf_model --save checkpoints/amber [--overwrite]
     torchrun --nproc-per-node 8 pretrain_llama.py --load checkpoints/amber --save checkpoints/amber \
@@ -19,7 +19,7 @@ import sys
 import warnings
 
 
-FORMATS = ("llama", "crystalcoder")
+FORMATS = ("llama", "crystalcoder", "openlm")  # megatron_ext.checkpoint.convert.FORMATS, without its import
 DTYPES = ("fp32", "bf16", "fp16")
 
 

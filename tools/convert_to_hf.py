@@ -8,7 +8,8 @@ AutoModelForCausalLM.from_pretrained(OUT); a μP model is exported with its mult
 the weights so that stock LLaMA code computes the same logits. LayerNorm models (Crystal) are written
 in CrystalCoder's published layout (--model-format crystalcoder; its remote modeling code reads them),
 with the configuration/modeling files config.json's auto_map names when the checkpoint carries them
-(an import from a directory that had them), else a warning to add them.
+(an import from a directory that had them), else a warning to add them. DCLM-architecture models (gain-only
+LayerNorm, full-width query/key norm) are written in open_lm's layout as TRI-ML/DCLM-1B publishes it.
 Reads and writes one layer at a time, so memory stays near one layer.
 """
 
@@ -20,7 +21,7 @@ import sys
 import warnings
 
 
-FORMATS = ("llama", "crystalcoder")
+FORMATS = ("llama", "crystalcoder", "openlm")  # megatron_ext.checkpoint.convert.FORMATS, without its import
 DTYPES = ("fp32", "bf16", "fp16")
 
 
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=DTYPES, default=None,
                         help="precision of the exported weights (default: as stored in the checkpoint)")
     parser.add_argument("--model-format", choices=FORMATS, default=None,
-                        help="output layout (default: llama for RMSNorm models, crystalcoder for LayerNorm)")
+                        help="output layout (default: llama for RMSNorm models, crystalcoder for LayerNorm with bias, "
+                             "openlm for a gain-only LayerNorm or full-width query/key norm model)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--vocab-size", type=int, default=None,
                         help="true vocabulary size, if the run's tokenizer is not available to tell it")

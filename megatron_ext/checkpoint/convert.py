@@ -144,6 +144,7 @@ def hf_to_megatron(hf_dir: str, save: str, model_format: str | None = None, over
         if tokenizer_files:
             args.update(tokenizer_type="HuggingFaceTokenizer",
                         tokenizer_model=os.path.join(os.path.abspath(save), "tokenizer"))
+            args.update(_vocabulary_padding(os.path.join(tmp, "tokenizer"), identity.vocab_size))
         else:
             print(f"warning: no tokenizer files in {hf_dir}; the checkpoint has none", file=sys.stderr)
         copy_remote_code(hf_dir, os.path.join(tmp, CODE_DIR))
@@ -167,6 +168,18 @@ def hf_to_megatron(hf_dir: str, save: str, model_format: str | None = None, over
 
 
 # ---- Megatron -> Hugging Face ------------------------------------------------------------------
+
+def _vocabulary_padding(tokenizer_dir: str, rows: int) -> dict:
+    """{"vocab_pad_to": rows} when the model has more embedding rows than its tokenizer has ids (DCLM-1B: 50432
+    rows, GPT-NeoX's 50277 ids), so a run loading the checkpoint pads its vocabulary to the same rows."""
+    from megatron_ext.data.tokenizers import build_tokenizer
+
+    try:
+        ids = build_tokenizer("HuggingFaceTokenizer", tokenizer_dir).vocab_size
+    except Exception:  # a tokenizer transformers cannot load is the run's problem, reported there
+        return {}
+    return {"vocab_pad_to": rows} if ids < rows else {}
+
 
 def default_format(identity: ModelIdentity) -> str:
     """The HF layout an export uses unless --model-format says otherwise."""

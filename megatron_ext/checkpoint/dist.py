@@ -140,8 +140,9 @@ def model_difference(common: dict, identity: ModelIdentity) -> str | None:
 def check_compatible(common: dict, identity: ModelIdentity, path: str) -> None:
     difference = model_difference(common, identity)
     if difference:
-        hint = (" (the tokenizer's vocabulary does not match the checkpoint's: use the tokenizer the "
-                "checkpoint was trained with)" if difference.startswith("padded_vocab_size") else "")
+        hint = (" (the tokenizer's vocabulary does not match the checkpoint's: use the tokenizer the checkpoint "
+                "was trained with; if it is that tokenizer and the model has more embedding rows than it has ids, "
+                "pass --vocab-pad-to with the checkpoint's rows)" if difference.startswith("padded_vocab_size") else "")
         raise CheckpointError(f"checkpoint {path} has {difference}{hint}")
 
 

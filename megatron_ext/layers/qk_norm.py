@@ -8,9 +8,9 @@ Two kinds (ModelIdentity.qk_norm):
     the head split (open_lm/model.py applies q_norm/k_norm to the [b, s, n_heads * head_dim] projection). The
     gain is as wide as the projection and split across TP ranks like the heads are; the mean and variance are
     taken over the full width, so each rank all-reduces its partial sums across the TP group. The all-reduce
-    is torch.distributed.nn's differentiable one (its backward all-reduces the gradient), because every rank's
-    output depends on every rank's input through the statistics. Under sequence parallelism the attention
-    input has been gathered already, so nothing differs.
+    is differentiable (_SumAcrossRanks: its backward all-reduces the gradient too), because every rank's output
+    depends on every rank's input through the statistics. Under sequence parallelism the attention input has
+    been gathered already, so nothing differs.
 """
 
 from __future__ import annotations
@@ -21,6 +21,25 @@ from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attri
 from megatron.core.transformer.utils import ensure_metadata_has_dp_cp_group, make_sharded_tensors_for_checkpoint
 
 from megatron_ext import kernels
+
+
+class _SumAcrossRanks(torch.autograd.Function):
+    """Sum over the group, forward and backward: each rank's input feeds every rank's output, so the gradient
+    of a rank's input is the sum of all ranks' output gradients. (torch.distributed.nn's all_reduce does the
+    same but is deprecated.)"""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        x = x.clone()
+        torch.distributed.all_reduce(x, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        torch.distributed.all_reduce(grad, group=ctx.group)
+        return grad, None
 
 
 class _FullWidthNorm(torch.nn.Module):
@@ -54,15 +73,13 @@ class _FullWidthNorm(torch.nn.Module):
         return self._across_ranks(flat, group).view(shape)
 
     def _across_ranks(self, flat: torch.Tensor, group) -> torch.Tensor:
-        from torch.distributed.nn.functional import all_reduce
-
         x = flat.float()
         if self.rms:
             centred = x
         else:  # two passes (mean, then the centred squares), as a single-rank LayerNorm computes them
-            mean = all_reduce(x.sum(-1, keepdim=True), group=group) / self.width
+            mean = _SumAcrossRanks.apply(x.sum(-1, keepdim=True), group) / self.width
             centred = x - mean
-        variance = all_reduce(centred.pow(2).sum(-1, keepdim=True), group=group) / self.width
+        variance = _SumAcrossRanks.apply(centred.pow(2).sum(-1, keepdim=True), group) / self.width
         y = centred * torch.rsqrt(variance + self.eps) * self.weight.float()
         if self.bias is not None:
             y = y + self.bias.float()

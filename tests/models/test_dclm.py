@@ -188,10 +188,10 @@ def save_neox_style_tokenizer(directory) -> int:
     return tok.get_vocab_size()
 
 
-def test_gpt_neox_style_tokenizer_through_preprocessing_import_and_export(tmp_path):
+def test_gpt_neox_style_tokenizer_through_preprocessing_import_training_and_export(tmp_path):
     """--tokenizer-type HuggingFaceTokenizer on a directory holding only tokenizer.json: <|endoftext|> ends each
-    document in preprocessing; an import carries the tokenizer and its checkpoint names it; the export writes
-    it back byte for byte."""
+    document in preprocessing; an import carries the tokenizer and its checkpoint names it; a run loading it
+    trains on the preprocessed data; the export writes the tokenizer back byte for byte."""
     import numpy as np
 
     from megatron_ext.data.preprocess import preprocess_jsonl
@@ -210,14 +210,22 @@ def test_gpt_neox_style_tokenizer_through_preprocessing_import_and_export(tmp_pa
     dataset = IndexedDataset(prefixes["text"])
     assert len(dataset) == 5 and all(int(np.asarray(dataset[i])[-1]) == tokenizer.eod for i in range(5))
 
-    write_tiny_openlm(tmp_path / "hf", vocab_size=vocab, seed=1)
+    # As DCLM-1B: more embedding rows (50432) than the tokenizer has ids (50277). The import records the padding,
+    # so a bare --load trains with the checkpoint's rows.
+    rows = 384
+    assert vocab < rows
+    write_tiny_openlm(tmp_path / "hf", vocab_size=rows, seed=1)
     (tmp_path / "hf" / "tokenizer.json").write_bytes((tmp_path / "tok" / "tokenizer.json").read_bytes())
     hf_to_megatron(str(tmp_path / "hf"), str(tmp_path / "mg"), progress=False)
     args = torch.load(tmp_path / "mg" / "iter_0000000" / "common.pt", weights_only=True)["args"]
-    assert args["tokenizer_type"] == "HuggingFaceTokenizer"
+    assert (args["tokenizer_type"], args["vocab_pad_to"]) == ("HuggingFaceTokenizer", rows)
     assert build_tokenizer(args["tokenizer_type"], args["tokenizer_model"]).eod == tokenizer.eod
-    megatron_to_hf(str(tmp_path / "mg"), str(tmp_path / "out"), progress=False)
+    run_pretrain(["--load", tmp_path / "mg", "--save", tmp_path / "trained", "--data-path", prefixes["text"],
+                  "--split", "100,0,0", "--device", "cpu", "--micro-batch-size", 1, "--global-batch-size", 1,
+                  "--train-iters", 1, "--lr", 0.0, "--min-lr", 0.0, "--weight-decay", 0.0, "--seq-length", 16])
+    megatron_to_hf(str(tmp_path / "trained"), str(tmp_path / "out"), progress=False)
     assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (tmp_path / "tok" / "tokenizer.json").read_bytes()
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["vocab_size"] == rows
 
 
 def test_mup_classifies_every_dclm_parameter():
