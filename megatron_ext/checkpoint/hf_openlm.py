@@ -15,12 +15,14 @@ holds an independent forward of the same math that the tests compare against.
     its inv_freq is a persistent buffer (rotary.py:51) stored with the weights: exported, checked on import.
   * config.json: open_lm's Params as flat keys (hf/modeling_openlm.py:28-38); the first uploads nested them under
     `params_args_dict` with `model_norm`/`qk_norm` (utils/transformers/hf_model.py:18-21). Both are read.
-The published repositories carry no modeling files (open_lm's own package loads them), so an export has none.
+The published repositories carry no modeling files (open_lm's own package loads them): an export has none either,
+and says so; a source that had some (config.json auto_map) gets them carried through like CrystalCoder's.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 
 import torch
 
@@ -188,6 +190,10 @@ def write_config(identity: ModelIdentity, provenance: dict, directory: str, dtyp
     with open(f"{directory}/config.json", "w") as f:
         json.dump(config, f, indent=2)
         f.write("\n")
+    if "auto_map" not in config:  # as published: no modeling files (a source's auto_map ones are carried through)
+        print(f"warning: {directory} is in open_lm's layout, which transformers loads only with open_lm's code "
+              "installed (pip install git+https://github.com/mlfoundations/open_lm; then `from open_lm.hf import *` "
+              "before AutoModelForCausalLM.from_pretrained), as for TRI-ML/DCLM-1B itself", file=sys.stderr)
     generation = json.loads(provenance.get("hf_generation_config") or "null")
     if generation:
         with open(f"{directory}/generation_config.json", "w") as f:

@@ -65,9 +65,10 @@ def _stored(directory) -> dict:
     return tensors, config
 
 
-def test_hf_megatron_hf_is_bit_exact_also_after_a_reshard(converted):
+def test_hf_megatron_hf_is_bit_exact_also_after_a_reshard(converted, capsys):
     source_tensors, source_config = _stored(converted / "hf")
     megatron_to_hf(str(converted / "mg"), str(converted / "back"), progress=False)
+    assert "transformers loads only with open_lm's code installed" in capsys.readouterr().err  # none to carry
     # Resharded: loaded at TP2 x PP2, saved there (lr 0: Adam moves nothing), exported from that layout.
     run_pretrain(["--load", converted / "mg", "--save", converted / "resharded", "--mock-data", "--device", "cpu",
                   "--tensor-model-parallel-size", 2, "--pipeline-model-parallel-size", 2, "--micro-batch-size", 1,
