@@ -31,7 +31,8 @@ class MuPConfig:
     being trained (keyword-only fields); base_* describe the small proxy on which the hyperparameters were tuned.
     base_ffn_hidden_size / base_num_attention_heads default to "same ratio as hidden" (their
     width multiplier is then exactly hidden_size / base_hidden_size; computing a base FFN size
-    would not even be an integer for Crystal: 10922 / 16).
+    would not even be an integer for Crystal: 10922 / 16). base_head_dim is the proxy's head dim
+    when width is scaled through head dim; see attention_width_multiplier.
     """
 
     hidden_size: int
@@ -42,6 +43,7 @@ class MuPConfig:
     num_attention_heads: int
     base_num_attention_heads: Optional[int] = None
     head_dim: int
+    base_head_dim: Optional[int] = None
     base_init_std: float
     embeddings_scale: float = 1.0
     output_alpha: float = 1.0
@@ -52,7 +54,7 @@ class MuPConfig:
         for name in ("hidden_size", "base_hidden_size", "num_layers", "ffn_hidden_size",
                      "num_attention_heads", "head_dim"):
             _check_positive_int(name, getattr(self, name))
-        for name in ("base_ffn_hidden_size", "base_num_attention_heads"):
+        for name in ("base_ffn_hidden_size", "base_num_attention_heads", "base_head_dim"):
             if getattr(self, name) is not None:
                 _check_positive_int(name, getattr(self, name))
         for name in ("base_init_std", "embeddings_scale", "output_alpha"):
@@ -84,10 +86,17 @@ class MuPConfig:
     @property
     def attention_width_multiplier(self) -> float:
         """Fan-in ratio of the attention output projection (linear_proj), whose fan-in is
-        heads x head_dim. head_dim is not a width: only the head count scales."""
-        if self.base_num_attention_heads is None:
+        heads x head_dim: (heads x head_dim) / (base heads x base head_dim).
+
+        With neither base given, the attention width scales like hidden. A base left out when the
+        other is given is taken as unchanged from the proxy, so base_num_attention_heads alone means
+        width grew through the head count and base_head_dim alone means it grew through head dim.
+        """
+        if self.base_num_attention_heads is None and self.base_head_dim is None:
             return self.width_multiplier
-        return self.num_attention_heads / self.base_num_attention_heads
+        base_heads = self.base_num_attention_heads or self.num_attention_heads
+        base_head_dim = self.base_head_dim or self.head_dim
+        return (self.num_attention_heads * self.head_dim) / (base_heads * base_head_dim)
 
     # ---- constructors --------------------------------------------------------------------
 

@@ -11,9 +11,12 @@ of an n-wide matrix moves its output by ~lr*n). This module is model-agnostic:
             results.setdefault(param, {})[width] = record_coords(model, batches, step_fn, steps=5)
     write_outputs(results, "out/")            # coord.json, coord.csv, coord.png
     growth_slope(results)                     # {"sp": 0.9, "mup": 0.02}
+    growing_modules(results)                  # {"sp": {"...mlp.linear_fc1": 1.1, ...}, "mup": {}}
 
 `results[parametrization][width][module] = [mean |output| at step 0, 1, ...]`, where step t is
-measured in the forward pass that precedes the t-th optimizer update (step 0 = at init).
+measured in the forward pass that precedes the t-th optimizer update (step 0 = at init). A mean
+over modules can hide one wrong layer among many right ones; `growing_modules` names each module
+whose activation grows with width, which is what the check fails on.
 """
 
 from __future__ import annotations
@@ -46,15 +49,22 @@ def _leaf_modules(name: str, module: torch.nn.Module) -> bool:
     return name != "" and next(module.children(), None) is None
 
 
+def output_tensor(name: str, output) -> Optional[torch.Tensor]:
+    """The default activation to watch: the module's output tensor."""
+    return _first_tensor(output)
+
+
 def record_coords(model: torch.nn.Module, batches: Sequence, optimizer_step_fn: Callable,
-                  steps: int, module_filter: Optional[Callable[[str, torch.nn.Module], bool]] = None
-                  ) -> Coords:
-    """Run `steps` training steps and record each selected module's mean |output| per step.
+                  steps: int, module_filter: Optional[Callable[[str, torch.nn.Module], bool]] = None,
+                  activation: Callable[[str, object], Optional[torch.Tensor]] = output_tensor) -> Coords:
+    """Run `steps` training steps and record each selected module's mean |activation| per step.
 
     optimizer_step_fn(model, batch) must do forward + backward + optimizer step (it is the
     caller's training step; its forward is what the hooks see). batches[t % len(batches)] is
     used at step t. module_filter(name, module) picks modules (default: leaf modules). If a
-    module runs several times in one step, its values are averaged.
+    module runs several times in one step, its values are averaged. activation(name, output)
+    picks the tensor to watch from a module's output (default: the output itself; attention
+    logits, for example, are computed there from a probe's query and key).
     """
     if steps <= 0:
         raise ValueError(f"record_coords: steps must be > 0, got {steps}")
@@ -69,9 +79,10 @@ def record_coords(model: torch.nn.Module, batches: Sequence, optimizer_step_fn: 
 
     def make_hook(name):
         def hook(module, inputs, output):
-            tensor = _first_tensor(output)
-            if tensor is not None:
-                current.setdefault(name, []).append(tensor.detach().float().abs().mean().item())
+            with torch.no_grad():
+                tensor = activation(name, output)
+                if tensor is not None:
+                    current.setdefault(name, []).append(tensor.detach().float().abs().mean().item())
         return hook
 
     handles = [m.register_forward_hook(make_hook(n)) for n, m in chosen]
@@ -99,8 +110,12 @@ def _fit_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sxx
 
 
-def module_slopes(results: Results, step: int = -1) -> Dict[str, Dict[str, float]]:
-    """Per parametrization, per module: log-log slope of mean |activation| vs width at `step`."""
+def module_slopes(results: Results, step: int = -1, window: int = 1) -> Dict[str, Dict[str, float]]:
+    """Per parametrization, per module: log-log slope of mean |activation| vs width at `step`, or of
+    its average over the `window` recorded steps that end at `step` (which damps the step-to-step
+    jitter of a short run on a small batch)."""
+    if window < 1:
+        raise ValueError(f"module_slopes: window must be >= 1, got {window}")
     out: Dict[str, Dict[str, float]] = {}
     for param, by_width in results.items():
         widths = sorted(int(w) for w in by_width)
@@ -110,7 +125,14 @@ def module_slopes(results: Results, step: int = -1) -> Dict[str, Dict[str, float
         modules = set.intersection(*(set(c) for c in per_width.values()))
         out[param] = {}
         for module in sorted(modules):
-            ys = [per_width[w][module][step] for w in widths]
+            ys = []
+            for w in widths:
+                values = per_width[w][module]
+                end = len(values) + step + 1 if step < 0 else step + 1
+                if not 0 < end <= len(values) or end - window < 0:
+                    raise ValueError(f"module_slopes: step {step} with window {window} is outside the "
+                                     f"{len(values)} recorded steps")
+                ys.append(sum(values[end - window:end]) / window)
             if all(y > 0 and math.isfinite(y) for y in ys):
                 out[param][module] = _fit_slope(widths, ys)
     return out
@@ -129,6 +151,32 @@ def growth_slope(results: Results, step: int = -1,
             raise ValueError(f"growth_slope: no usable modules for {param!r}")
         out[param] = sum(values) / len(values)
     return out
+
+
+# Log-log slope of mean |activation| against width above which a module counts as growing with width.
+# Measured on the real model's check (megatron_ext/training/coord_check.py, default Setup, seeds 1-4, slopes
+# of the second half of the steps): correct μP <= 0.16 in every module, with widths grown through heads
+# or head dim, with and without Crystal's multipliers; each μP rule planted wrong in
+# tests/mup/test_mup_coord_check_model.py >= 0.29 (the attention scale; fc1 LR ~0.65, output multiplier
+# ~0.4); SP ~1 and more.
+GROWTH_TOLERANCE = 0.25
+
+
+def growing_modules(results: Results, window: Optional[int] = None,
+                    tolerance: float = GROWTH_TOLERANCE) -> Dict[str, Dict[str, float]]:
+    """The coordinate check's verdict. Per parametrization: {module: slope} of every module whose
+    activation grows with width (log-log slope > tolerance, of the activation averaged over the
+    last `window` steps; default: the second half of the recorded steps). Empty: the check passes.
+
+    Only growth fails: a negative slope is the init part of an activation shrinking with width
+    (under μP, e.g. the logits' init ~1/sqrt(m), or the attention logits' ~1/sqrt(head_dim) before
+    q and k align) while the updates, which μP keeps width-independent, have not yet taken over.
+    """
+    if window is None:
+        steps = min(len(v) for by_w in results.values() for c in by_w.values() for v in c.values())
+        window = max(1, steps // 2)
+    return {param: {m: s for m, s in slopes.items() if s > tolerance}
+            for param, slopes in module_slopes(results, window=window).items()}
 
 
 def _plot(results: Results, path: str, steps_to_plot: List[int]) -> None:
@@ -180,7 +228,8 @@ def write_outputs(results: Results, out_dir: str, max_panels: int = 6) -> Dict[s
     with open(paths["json"], "w") as f:
         json.dump({"results": serialisable,
                    "growth_slope_last_step": growth_slope(results),
-                   "module_slopes_last_step": module_slopes(results)}, f, indent=1)
+                   "module_slopes_last_step": module_slopes(results),
+                   "growing_modules": growing_modules(results)}, f, indent=1)
     with open(paths["csv"], "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["parametrization", "width", "module", "step", "mean_abs"])

@@ -6,10 +6,12 @@ Two paths:
   `config_overrides` dict for `get_megatron_optimizer(config, model_chunks, config_overrides=...)`.
   In 0.16.1 `OptimizerParamScheduler` no longer multiplies by a group's `lr_mult`; it schedules
   each group between that group's own `max_lr` and `min_lr`. So a μP LR multiplier is expressed
-  by overriding `max_lr` and `min_lr` with the multiplied values. With the warm-up starting
-  from 0 (`lr_warmup_init` 0, the default) every schedule megatron has (linear, cosine, WSD,
-  inverse-sqrt, constant) is linear in (max_lr, min_lr), so each group's lr is then exactly
-  scheduled_lr x multiplier at every step. This is a megatron-core workaround, listed (8) in
+  by overriding `max_lr` and `min_lr` with the multiplied values. Every schedule megatron has
+  (linear, cosine, WSD, inverse-sqrt, constant) is linear in (init_lr, max_lr, min_lr), but the
+  scheduler warms every group up from its one `init_lr`: with `lr_warmup_init` > 0 the warm-up
+  must start each group at `warmup_init_lr(group, init_lr)` (init_lr x the group's multiplier,
+  megatron_ext/training/optimizer.py does this). Then each group's lr is exactly scheduled_lr x
+  multiplier at every step. This is a megatron-core workaround, listed (8) in
   megatron_ext/megatron_compat.py; tests/test_megatron_compat.py::test_upstream_still_ignores_lr_mult
   fails once the scheduler honours lr_mult again (it stays here: this package imports no megatron_ext).
 * plain torch: `torch_param_groups(...)` builds AdamW param groups with lr x multiplier.
@@ -48,13 +50,21 @@ def _signature_override(signature, lr: float, min_lr: float, adam_eps: float) ->
         override["min_lr"] = min_lr * lr_mult
         # 0.16.1's scheduler ignores lr_mult, but megatron matches optimizer groups to
         # checkpointed ones by (wd_mult, lr_mult, ...). Labelling the group with its multiplier
-        # keeps the 1/m group distinct from the embedding group on checkpoint load.
+        # keeps the 1/m group distinct from the embedding group on checkpoint load; it is also
+        # what scales the warm-up's starting lr (warmup_init_lr).
         override["lr_mult"] = lr_mult
     if eps_mult != 1.0:
         override["eps"] = adam_eps * eps_mult  # torch AdamW and TE/apex FusedAdam read group eps
     if not decay:
         override["wd_mult"] = 0.0
     return override
+
+
+def warmup_init_lr(param_group: dict, init_lr: float) -> float:
+    """Where a group's warm-up starts: init_lr x the group's μP LR multiplier (`lr_mult`, set by
+    `_signature_override`; 1 for every other group). Its max_lr and min_lr already carry the
+    multiplier, so this keeps its lr = multiplier x the schedule during the warm-up too."""
+    return init_lr * param_group.get("lr_mult", 1.0)
 
 
 def _signatures(rules: Rules) -> List[Tuple[float, float, bool]]:

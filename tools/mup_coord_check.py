@@ -2,20 +2,29 @@
 
 Trains a few steps of the real model (megatron-core GPTModel, our builders and train_step) at
 several widths under standard parametrization (SP) and μP, records the mean |activation| of the
-embedding, every transformer layer, the final norm and the logits at every step, and writes
-coord.json, coord.csv and coord.png to --out. Prints the fitted log-log growth slope of activation
-size against width: ~0 under μP, clearly positive under SP.
+embedding, every transformer layer's output, every linear layer's output (QKV, attention output
+projection, MLP fc1 and fc2), the attention logits, the final norm and the logits at every step,
+and writes coord.json, coord.csv and coord.png to --out. Prints the fitted log-log slope of
+activation size against width per module (~0 or below under μP, clearly positive under SP) and the
+modules whose activation grows with width; exits with status 1 when μP has any.
 
     python tools/mup_coord_check.py --out coord_out
-    python tools/mup_coord_check.py --widths 64,128,256 --steps 6 --lr 3e-2 --out /tmp/coord
+    python tools/mup_coord_check.py --vary head-dim --parametrizations mup --out /tmp/coord
+    python tools/mup_coord_check.py --preset tiny-crystal --parametrizations mup --out /tmp/crystal
 
-Single CPU process (or --device cuda); the 1024-wide model takes a minute or so on 2 CPU cores.
+--vary heads (the default) widens the model through the number of heads, --vary head-dim through
+the head dim, which is the only way to see whether the attention scale is right (μP: 1/head_dim).
+--preset tiny-crystal checks μP with Crystal's multipliers and init (embeddings x14.6, logits
+x2.22/m, sigma_base 0.073, 1/head_dim), LayerNorm, biases and tied embeddings.
+
+Single CPU process (or --device cuda); the default sweep takes under a minute on 2 CPU cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import warnings
 
 
@@ -27,9 +36,14 @@ def parse(argv=None):
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--widths", default=",".join(map(str, d.widths)), help="comma-separated hidden sizes")
     p.add_argument("--parametrizations", default="sp,mup", help="comma-separated: sp, mup")
+    p.add_argument("--preset", choices=["tiny", "tiny-crystal"], default=d.preset,
+                   help="model (tiny-crystal: μP only, with Crystal's multipliers)")
+    p.add_argument("--vary", choices=["heads", "head-dim"], default=d.vary.replace("_", "-"),
+                   help="grow width through the number of heads (head dim fixed) or the head dim (heads fixed)")
     p.add_argument("--base-width", type=int, default=d.base_width, help="μP base hidden size")
     p.add_argument("--num-layers", type=int, default=d.num_layers)
-    p.add_argument("--head-dim", type=int, default=d.head_dim, help="fixed; heads = width / head_dim")
+    p.add_argument("--head-dim", type=int, default=d.head_dim, help="--vary heads: heads = width / head_dim")
+    p.add_argument("--num-heads", type=int, default=d.num_heads, help="--vary head-dim: head_dim = width / heads")
     p.add_argument("--ffn-ratio", type=float, default=d.ffn_ratio)
     p.add_argument("--seq-length", type=int, default=d.seq_length)
     p.add_argument("--micro-batch-size", type=int, default=d.micro_batch_size)
@@ -37,7 +51,8 @@ def parse(argv=None):
     p.add_argument("--vocab-size", type=int, default=d.vocab_size)
     p.add_argument("--steps", type=int, default=d.steps, help="recorded forward passes (updates = steps - 1 seen)")
     p.add_argument("--lr", type=float, default=d.lr, help="Adam LR (μP: the base-width LR)")
-    p.add_argument("--init-std", type=float, default=d.init_std, help="SP init std = μP sigma_base")
+    p.add_argument("--init-std", type=float, default=None,
+                   help=f"SP init std = μP sigma_base (default: {d.init_std}; with tiny-crystal its 0.073)")
     p.add_argument("--adam-eps", type=float, default=d.adam_eps)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -48,31 +63,42 @@ def main(argv=None) -> dict:
     opts = parse(argv)
     warnings.filterwarnings("ignore", module=r"megatron\.core.*")
     logging.getLogger("megatron.core").setLevel(logging.ERROR)
-    from mup.coord_check import growth_slope, module_slopes, write_outputs
+    from mup.coord_check import growing_modules, module_slopes, write_outputs
 
     from megatron_ext.platform import init_distributed
     from megatron_ext.training.coord_check import Setup, run
 
+    init_std = opts.init_std if opts.init_std is not None else None if opts.preset == "tiny-crystal" else Setup.init_std
     setup = Setup(widths=tuple(int(w) for w in opts.widths.split(",")), base_width=opts.base_width,
-                  num_layers=opts.num_layers, head_dim=opts.head_dim, ffn_ratio=opts.ffn_ratio,
+                  vary=opts.vary.replace("-", "_"), head_dim=opts.head_dim, num_heads=opts.num_heads,
+                  preset=opts.preset, num_layers=opts.num_layers, ffn_ratio=opts.ffn_ratio,
                   seq_length=opts.seq_length, micro_batch_size=opts.micro_batch_size,
                   num_microbatches=opts.num_microbatches, vocab_size=opts.vocab_size, steps=opts.steps,
-                  lr=opts.lr, init_std=opts.init_std, adam_eps=opts.adam_eps, seed=opts.seed)
+                  lr=opts.lr, init_std=init_std, adam_eps=opts.adam_eps, seed=opts.seed)
     platform = init_distributed(opts.device)
-    print(f"coordinate check: widths {list(setup.widths)}, {setup.num_layers} layers, head_dim {setup.head_dim}, "
-          f"{setup.steps} steps at lr {setup.lr}, μP base width {setup.base_width}", flush=True)
+    shape = f"head_dim {setup.head_dim}" if setup.vary == "heads" else f"{setup.num_heads} heads"
+    print(f"coordinate check ({setup.preset}): widths {list(setup.widths)} through {setup.vary} ({shape}), "
+          f"{setup.num_layers} layers, {setup.steps} steps at lr {setup.lr}, μP base width {setup.base_width}",
+          flush=True)
     results = run(setup, tuple(opts.parametrizations.split(",")), platform.device,
                   progress=lambda line: print(line, flush=True))
     paths = write_outputs(results, opts.out)
 
-    slopes, per_module = growth_slope(results), module_slopes(results)
+    window = max(1, setup.steps // 2)  # the verdict's: slopes of the activations averaged over the last half
+    per_module, growing = module_slopes(results, window=window), growing_modules(results, window=window)
+    slopes = {p: sum(s.values()) / len(s) for p, s in per_module.items()}
     modules = sorted(next(iter(per_module.values())))
-    print("\nlog-log slope of mean |activation| vs width at the last step (0 = width-independent):")
-    print(f"  {'module':<26}" + "".join(f"{p:>9}" for p in per_module))
+    print(f"\nlog-log slope of mean |activation| (over the last {window} steps) vs width (0 = width-independent):")
+    print(f"  {'module':<48}" + "".join(f"{p:>9}" for p in per_module))
     for module in modules:
-        print(f"  {module:<26}" + "".join(f"{per_module[p].get(module, float('nan')):9.3f}" for p in per_module))
-    print(f"  {'mean':<26}" + "".join(f"{slopes[p]:9.3f}" for p in per_module))
+        print(f"  {module:<48}" + "".join(f"{per_module[p].get(module, float('nan')):9.3f}" for p in per_module))
+    print(f"  {'mean':<48}" + "".join(f"{slopes[p]:9.3f}" for p in per_module))
+    for param, modules_growing in growing.items():
+        verdict = ", ".join(sorted(modules_growing)) if modules_growing else "none"
+        print(f"{param}: activations growing with width: {verdict}")
     print("wrote " + ", ".join(v for k, v in paths.items() if k != "png_skipped"), flush=True)
+    if growing.get("mup"):
+        sys.exit(1)
     return slopes
 
 

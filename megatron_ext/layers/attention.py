@@ -32,6 +32,14 @@ def rotary_inv_freq(head_dim: int, rotary_percent: float, base: float) -> torch.
     return (1.0 / base**exponents).float()
 
 
+class QueryKeyProbe(torch.nn.Module):
+    """Identity on the rotated query and key: a forward-hook point for tools that measure the attention
+    logits (the μP coordinate check), which no attention kernel here materialises."""
+
+    def forward(self, query, key):
+        return query, key
+
+
 class RotaryCoreAttention(MegatronModule):
     def __init__(self, config, layer_number, attn_mask_type, attention_type,
                  attention_dropout=None, softmax_scale=None, cp_comm_type=None, pg_collection=None):
@@ -41,6 +49,7 @@ class RotaryCoreAttention(MegatronModule):
         self.attention_dropout = attention_dropout  # None: config.attention_dropout (read at each forward)
         inv_freq = rotary_inv_freq(head_dim, config.rotary_percent, config.rotary_base)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.query_key_probe = QueryKeyProbe()
 
     def rotary_angles(self, seq_len: int, offset: int = 0) -> torch.Tensor:
         positions = torch.arange(offset, offset + seq_len, device=self.inv_freq.device, dtype=torch.float32)
@@ -52,6 +61,7 @@ class RotaryCoreAttention(MegatronModule):
         query, key = kernels.apply_rotary(query, key, self.rotary_angles(seq_len),
                                           interleaved=self.config.rotary_interleaved,
                                           impl=self.config.kernel_impl)
+        query, key = self.query_key_probe(query, key)
         dropout_p = self._dropout_p()
         with self._dropout_rng(dropout_p):
             if self._use_flash(query):

@@ -6,6 +6,7 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from megatron_ext.models.config import params_dtype
+from mup.optimizer import warmup_init_lr
 
 
 def build_optimizer(run, model_chunks, parametrization):
@@ -31,10 +32,24 @@ def build_optimizer(run, model_chunks, parametrization):
                                   config_overrides=parametrization.optimizer_overrides(config))
 
 
+class GroupScaledWarmupScheduler(OptimizerParamScheduler):
+    """megatron-core's scheduler, except that each group's warm-up starts from --lr-warmup-init x the
+    group's μP LR multiplier. Upstream starts every group at the one init_lr, so with --lr-warmup-init > 0
+    a μP group (whose max_lr and min_lr carry its multiplier) would not get multiplier x the schedule."""
+
+    def get_lr(self, param_group: dict) -> float:
+        if self.lr_warmup_steps > 0 and self.num_steps <= self.lr_warmup_steps:
+            init_lr = warmup_init_lr(param_group, self.init_lr)
+            max_lr = param_group.get("max_lr", self.max_lr)
+            return init_lr + (max_lr - init_lr) * float(self.num_steps) / float(self.lr_warmup_steps)
+        return super().get_lr(param_group)
+
+
 def build_scheduler(args, optimizer) -> OptimizerParamScheduler:
-    """Counts in samples, as Megatron-LM does, so --train-samples and --train-iters agree."""
+    """Counts in samples, as Megatron-LM does, so --train-samples and --train-iters agree. args: the
+    TrainingConfig (or anything with its field names)."""
     gbs = args.global_batch_size
-    return OptimizerParamScheduler(
+    return GroupScaledWarmupScheduler(
         optimizer,
         init_lr=args.lr_warmup_init,
         max_lr=args.lr,

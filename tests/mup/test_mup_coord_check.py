@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mup import MuPConfig, MuPRules, StandardRules, init_
-from mup.coord_check import growth_slope, module_slopes, record_coords, write_outputs
+from mup.coord_check import growing_modules, growth_slope, module_slopes, record_coords, write_outputs
 from mup.optimizer import torch_param_groups
 
 WIDTHS = (64, 128, 256, 512, 1024)
@@ -201,3 +201,31 @@ def test_record_coords_rejects_bad_arguments():
     with pytest.raises(RuntimeError):
         record_coords(model, [0], lambda m, b: (_ for _ in ()).throw(RuntimeError()), 1)
     assert not model[0]._forward_hooks
+
+
+def test_growing_modules_names_the_module_that_grows():
+    """The verdict is per module: one growing module among flat ones is named, although the mean slope over
+    all modules stays small; shrinking (init part of a μP activation) is not a failure."""
+    widths = (64, 128, 256, 512)
+    results = {"run": {w: {"flat": [1.0] * 4,
+                           "grows_late": [1.0, 1.0, (w / 64) ** 0.5, (w / 64) ** 0.5],
+                           "shrinks": [(64 / w) ** 0.5] * 4,
+                           **{f"other{i}": [1.0] * 4 for i in range(8)}} for w in widths}}
+    assert growth_slope(results)["run"] < 0.1
+    assert growing_modules(results) == {"run": {"grows_late": pytest.approx(0.5)}}
+    # The default window is the second half of the steps; one over all four steps takes in the flat start.
+    assert 0.1 < module_slopes(results, window=4)["run"]["grows_late"] < 0.4
+    assert module_slopes(results, step=1)["run"]["grows_late"] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="window"):
+        module_slopes(results, window=5)
+
+
+def test_record_coords_activation_picks_the_tensor():
+    """`activation` chooses what is measured from a module's output (here: twice the output)."""
+    model = nn.Sequential(nn.Linear(3, 3))
+    batch = torch.ones(2, 3)
+    plain = record_coords(model, [batch], lambda m, b: m(b), 2)
+    doubled = record_coords(model, [batch], lambda m, b: m(b), 2, activation=lambda name, out: 2 * out)
+    assert doubled["0"] == pytest.approx([2 * v for v in plain["0"]])
+    skipped = record_coords(model, [batch], lambda m, b: m(b), 1, activation=lambda name, out: None)
+    assert skipped == {}

@@ -3,9 +3,10 @@
 1. Per-parameter learning rate and weight decay (tests/mup/mup_worker.py, TP2 and PP2): a few real
    training steps through the project's builders and `train_step`, with warm-up and linear decay.
    Each parameter's optimizer-group LR must be the schedule (recomputed here from its formula) x
-   its μP class multiplier, at every step; weight decay 0 on biases and norm gains only.
+   its μP class multiplier, at every step, also during a warm-up that starts from --lr-warmup-init > 0;
+   weight decay 0 on biases and norm gains only.
 2. Initial weight std per class at two widths, from the full (unsharded) tensors.
-3. tools/mup_coord_check.py: activations stay flat with width under μP, grow under SP.
+3. tools/mup_coord_check.py: no activation grows with width under μP; under SP they do.
 """
 
 import csv
@@ -22,6 +23,7 @@ from mup import TRUNC_NORMAL_STD_FACTOR, MuPConfig, MuPRules, ParamClass, classi
 
 BASE_HIDDEN, HEAD_DIM, LAYERS, SIGMA = 32, 16, 4, 0.073  # tiny-crystal's μP base and init
 ITERS, WARMUP, LR, MIN_LR, WD = 6, 2, 1e-2, 1e-3, 0.1
+LR_INIT = 4e-3  # --lr-warmup-init: megatron-core starts every group's warm-up here unless we scale it
 
 
 def model_args(hidden: int) -> list:
@@ -29,15 +31,15 @@ def model_args(hidden: int) -> list:
     return ["--model-preset", "tiny-crystal", "--hidden-size", hidden, "--ffn-hidden-size", hidden * 11 // 4,
             "--num-attention-heads", hidden // HEAD_DIM, "--mock-data", "--device", "cpu",
             "--micro-batch-size", 1, "--global-batch-size", 2, "--train-iters", ITERS, "--seed", 11,
-            "--lr", LR, "--min-lr", MIN_LR, "--lr-warmup-iters", WARMUP, "--lr-decay-style", "linear",
-            "--weight-decay", WD]
+            "--lr", LR, "--min-lr", MIN_LR, "--lr-warmup-init", LR_INIT, "--lr-warmup-iters", WARMUP,
+            "--lr-decay-style", "linear", "--weight-decay", WD]
 
 
 def scheduled_lr(done: int) -> float:
-    """Base LR of the step taken after `done` completed steps: linear warm-up from 0 over WARMUP
+    """Base LR of the step taken after `done` completed steps: linear warm-up from LR_INIT over WARMUP
     steps, then linear decay to MIN_LR at step ITERS (megatron's formula, restated here)."""
     if done <= WARMUP:
-        return LR * done / WARMUP
+        return LR_INIT + (LR - LR_INIT) * done / WARMUP
     if done > ITERS:
         return MIN_LR
     return MIN_LR + (1.0 - (done - WARMUP) / (ITERS - WARMUP)) * (LR - MIN_LR)
@@ -137,26 +139,30 @@ def test_initial_std_follows_mup(trained):
 
 
 def test_coord_check_tool_mup_flat_sp_grows(tmp_path):
-    """tools/mup_coord_check.py on the real model, widths 64..512 (~25 s on 2 CPU cores). Measured:
-    SP mean slope ~1.3 (residual stream ~2.5: every Adam step moves an n-wide matrix's output ~n),
-    μP ~-0.14 (slightly negative: the logits' init part still shrinks like 1/sqrt(m) after 3
-    updates, and narrow models' residual updates are a little larger, a finite-width effect)."""
+    """tools/mup_coord_check.py on the real model, widths 64..512 (~15 s on 2 CPU cores): no module's
+    activation grows with width under μP, the residual stream, the hidden linear layers' outputs, the
+    attention logits and the logits do under SP (tests/mup/test_mup_coord_check_model.py plants wrong μP
+    rules and checks that each is flagged)."""
     out = tmp_path / "coord"
     proc = subprocess.run([sys.executable, str(REPO / "tools/mup_coord_check.py"), "--out", str(out),
-                           "--widths", "64,128,256,512", "--steps", "4"],
+                           "--widths", "64,128,256,512"],
                           cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "log-log slope" in proc.stdout
+    assert "log-log slope" in proc.stdout and "mup: activations growing with width: none" in proc.stdout
     data = json.loads((out / "coord.json").read_text())
-    slopes, per_module = data["growth_slope_last_step"], data["module_slopes_last_step"]
-    assert abs(slopes["mup"]) < 0.3, slopes
-    assert slopes["sp"] > 0.8, slopes
-    for layer in ("decoder.layers.0", "decoder.layers.1"):  # the residual stream
-        assert abs(per_module["mup"][layer]) < 0.5, per_module["mup"]
-        assert per_module["sp"][layer] > 1.5, per_module["sp"]
-    assert per_module["sp"]["logits"] > 0.8 and abs(per_module["mup"]["logits"]) < 0.45, per_module
-    # Same model at the base width: μP at m = 1 is exactly SP (same init, multipliers 1).
-    assert data["results"]["sp"]["64"] == data["results"]["mup"]["64"]
+    growing = data["growing_modules"]
+    assert growing["mup"] == {}, growing["mup"]
+    for layer in ("decoder.layers.0", "decoder.layers.1"):
+        for module in ("", ".self_attention.linear_proj", ".self_attention.attention_logits", ".mlp.linear_fc2"):
+            assert layer + module in growing["sp"], (layer + module, growing["sp"])
+    assert "logits" in growing["sp"]
+    # Same init at the base width (m = 1): the recorded activations agree up to the first attention, whose
+    # scale is μP's 1/head_dim against SP's 1/sqrt(head_dim).
+    for module in ("embedding", "decoder.layers.0.self_attention.linear_qkv"):
+        assert data["results"]["sp"]["64"][module][0] == data["results"]["mup"]["64"][module][0], module
+    sp_logits, mup_logits = (data["results"][p]["64"]["decoder.layers.0.self_attention.attention_logits"][0]
+                             for p in ("sp", "mup"))
+    assert mup_logits == pytest.approx(sp_logits / math.sqrt(HEAD_DIM), rel=1e-5)
     # The CSV holds the same numbers as the JSON, one row per parametrization, width, module and step.
     with open(out / "coord.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -176,13 +176,13 @@ def test_torch_param_groups():
     torch.optim.AdamW(groups)
 
 
-def test_get_megatron_optimizer_end_to_end(monkeypatch):
-    """The public entry point accepts the overrides and builds its Adam from these groups.
-    FP32Optimizer allocates a CUDA tensor in __init__, so on CPU it is replaced by a stand-in
-    that keeps the inner torch optimizer (the object whose param_groups the scheduler drives)."""
+@pytest.fixture
+def cpu_megatron_optimizer(monkeypatch):
+    """What get_megatron_optimizer needs on one CPU process: the model-parallel state, and (FP32Optimizer
+    allocates a CUDA tensor in __init__) a stand-in for FP32Optimizer that keeps the inner torch optimizer,
+    the object whose param_groups the scheduler drives."""
     import megatron.core.optimizer as mcore_opt
     from megatron.core import parallel_state
-    from megatron.core.distributed import DistributedDataParallelConfig
 
     class InnerOnly:
         def __init__(self, optimizer, config, init_state_fn):
@@ -197,27 +197,81 @@ def test_get_megatron_optimizer_end_to_end(monkeypatch):
     owns_parallel_state = not parallel_state.model_parallel_is_initialized()
     if owns_parallel_state:
         parallel_state.initialize_model_parallel()
-    try:
-        rules = _mup_rules()
-        model = _module_tree(_gpt_param_shapes())
-        model.ddp_config = DistributedDataParallelConfig()
-        config = OptimizerConfig(optimizer="adam", lr=LR, min_lr=MIN_LR, weight_decay=WD,
-                                 adam_eps=EPS)
-        optimizer = mcore_opt.get_megatron_optimizer(
-            config, [model], config_overrides=mup_config_overrides(rules, config))
-        scheduler = OptimizerParamScheduler(
-            optimizer, init_lr=0.0, max_lr=LR, min_lr=MIN_LR, lr_warmup_steps=3,
-            lr_decay_steps=10, lr_decay_style="linear", start_wd=WD, end_wd=WD,
-            wd_incr_steps=10, wd_incr_style="constant")
-        scheduler.step(5)
-        names = {id(p): n for n, p in model.named_parameters()}
-        groups = optimizer.param_groups
-        assert sum(len(g["params"]) for g in groups) == len(names)
-        for g in groups:
-            for p in g["params"]:
-                name = names[id(p)]
-                assert g["lr"] == pytest.approx(_expected_schedule(5) * rules.lr_multiplier(name))
-                assert g["weight_decay"] == (WD if rules.weight_decay_applies(name) else 0.0)
-    finally:
-        if owns_parallel_state:
-            parallel_state.destroy_model_parallel()
+    yield
+    if owns_parallel_state:
+        parallel_state.destroy_model_parallel()
+
+
+def _ddp_like_model():
+    from megatron.core.distributed import DistributedDataParallelConfig
+
+    model = _module_tree(_gpt_param_shapes())
+    model.ddp_config = DistributedDataParallelConfig()
+    return model
+
+
+def test_get_megatron_optimizer_end_to_end(cpu_megatron_optimizer):
+    """The public entry point accepts the overrides and builds its Adam from these groups."""
+    import megatron.core.optimizer as mcore_opt
+
+    rules = _mup_rules()
+    model = _ddp_like_model()
+    config = OptimizerConfig(optimizer="adam", lr=LR, min_lr=MIN_LR, weight_decay=WD, adam_eps=EPS)
+    optimizer = mcore_opt.get_megatron_optimizer(
+        config, [model], config_overrides=mup_config_overrides(rules, config))
+    scheduler = OptimizerParamScheduler(
+        optimizer, init_lr=0.0, max_lr=LR, min_lr=MIN_LR, lr_warmup_steps=3,
+        lr_decay_steps=10, lr_decay_style="linear", start_wd=WD, end_wd=WD,
+        wd_incr_steps=10, wd_incr_style="constant")
+    scheduler.step(5)
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = optimizer.param_groups
+    assert sum(len(g["params"]) for g in groups) == len(names)
+    for g in groups:
+        for p in g["params"]:
+            name = names[id(p)]
+            assert g["lr"] == pytest.approx(_expected_schedule(5) * rules.lr_multiplier(name))
+            assert g["weight_decay"] == (WD if rules.weight_decay_applies(name) else 0.0)
+
+
+@pytest.mark.parametrize("decay_style", ["linear", "cosine"])
+def test_warmup_from_lr_warmup_init_keeps_mup_multipliers(cpu_megatron_optimizer, decay_style):
+    """--lr-warmup-init > 0: during the warm-up too, every group's lr is its μP multiplier x the schedule.
+    megatron-core warms every group up from the one init_lr, which breaks that unless our scheduler scales
+    the starting point per group. megatron's optimizer with the μP groups, the project's build_scheduler
+    from parsed flags."""
+    import megatron.core.optimizer as mcore_opt
+
+    from megatron_ext.arguments import parse_args
+    from megatron_ext.training.optimizer import build_scheduler
+
+    warmup, iters, init = 4, 10, LR / 3
+    args = parse_args([str(a) for a in ["--model-preset", "tiny", "--mock-data", "--device", "cpu", "--use-mup",
+                       "--hidden-size", HIDDEN, "--mup-base-hidden-size", 32, "--global-batch-size", 1,
+                       "--train-iters", iters, "--lr", LR, "--min-lr", MIN_LR, "--lr-warmup-init", init,
+                       "--lr-warmup-iters", warmup, "--lr-decay-style", decay_style, "--weight-decay", WD,
+                       "--adam-eps", EPS]], world_size=1)
+    rules = _mup_rules()  # the same m = 4 as the flags
+    model = _ddp_like_model()
+    config = OptimizerConfig(optimizer="adam", lr=LR, min_lr=MIN_LR, weight_decay=WD, adam_eps=EPS)
+    optimizer = mcore_opt.get_megatron_optimizer(config, [model],
+                                                 config_overrides=mup_config_overrides(rules, config))
+    scheduler = build_scheduler(args, optimizer)
+    names = {id(p): n for n, p in model.named_parameters()}
+    multipliers = {rules.lr_multiplier(n) for n in names.values()}
+    assert multipliers == {1.0, 0.25}
+    reference = OptimizerParamScheduler(  # one plain group: the schedule itself
+        torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LR), init_lr=init, max_lr=LR,
+        min_lr=MIN_LR, lr_warmup_steps=warmup, lr_decay_steps=iters, lr_decay_style=decay_style,
+        start_wd=WD, end_wd=WD, wd_incr_steps=iters, wd_incr_style="constant")
+    for step in range(iters + 1):
+        if step:
+            scheduler.step(1)
+            reference.step(1)
+        schedule_lr = reference.optimizer.param_groups[0]["lr"]
+        if step == 0:
+            assert schedule_lr == pytest.approx(init)
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                assert group["lr"] == pytest.approx(rules.lr_multiplier(names[id(p)]) * schedule_lr,
+                                                    rel=1e-12), (step, names[id(p)])

@@ -110,6 +110,35 @@ def test_separate_ffn_and_head_base_sizes_use_their_own_fan_in():
         rules.lr_multiplier(ParamClass.RESIDUAL_OUT)
 
 
+@pytest.mark.parametrize("heads,base_heads,head_dim,base_head_dim", [
+    (8, None, 128, 32),   # width 256 -> 1024 through head dim only (heads stay 8)
+    (8, 8, 128, 32),      # the same, with the unchanged head count given
+    (16, 8, 64, 32),      # through both: x2 heads, x2 head dim
+])
+def test_linear_proj_fan_in_counts_head_dim(heads, base_heads, head_dim, base_head_dim):
+    """linear_proj's fan-in is heads x head_dim: when width grows through head dim, its μP multiplier is
+    the ratio of that product, not the head-count ratio (which would be 1 with the heads fixed)."""
+    cfg = MuPConfig(hidden_size=1024, base_hidden_size=256, num_layers=4, ffn_hidden_size=4096,
+                    num_attention_heads=heads, base_num_attention_heads=base_heads, head_dim=head_dim,
+                    base_head_dim=base_head_dim, base_init_std=0.05)
+    rules = MuPRules(cfg)
+    proj = "decoder.layers.0.self_attention.linear_proj.weight"
+    fan_in, base_fan_in = heads * head_dim, (base_heads or heads) * base_head_dim
+    assert rules.expected_fan_in(proj) == fan_in
+    assert cfg.attention_width_multiplier == fan_in / base_fan_in == 4
+    assert rules.lr_multiplier(proj) == pytest.approx(1 / 4)
+    assert rules.init_std(proj) == pytest.approx(0.05 / math.sqrt(2 * 4 * 4))
+
+
+def test_head_dim_base_defaults_keep_head_dim_unscaled():
+    """Without base_head_dim the proxy's head dim is the target's (the behaviour before the field)."""
+    kw = dict(hidden_size=1024, base_hidden_size=256, num_layers=4, ffn_hidden_size=4096,
+              num_attention_heads=16, head_dim=64, base_init_std=0.05)
+    assert MuPConfig(**kw).attention_width_multiplier == 4  # no base: scales like hidden
+    assert MuPConfig(**kw, base_num_attention_heads=8).attention_width_multiplier == 2
+    assert MuPConfig(**kw, base_head_dim=64).attention_width_multiplier == 1
+
+
 def test_standard_parametrization_counterpart():
     sp = StandardRules(init_std=0.02, num_layers=32)
     assert not sp.is_mup and MuPRules(crystal_7b()).is_mup
@@ -140,7 +169,7 @@ def test_from_width_scale():
 
 @pytest.mark.parametrize("field,value", [
     ("hidden_size", 0), ("base_hidden_size", -1), ("num_layers", 2.5), ("head_dim", True),
-    ("base_ffn_hidden_size", 0), ("base_num_attention_heads", -3), ("base_init_std", 0.0),
+    ("base_ffn_hidden_size", 0), ("base_num_attention_heads", -3), ("base_head_dim", 0), ("base_init_std", 0.0),
     ("embeddings_scale", float("inf")), ("output_alpha", -2.0), ("scale_qk_dot_by_d", 1),
 ])
 def test_config_validation(field, value):
