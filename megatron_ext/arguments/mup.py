@@ -14,6 +14,8 @@ def add_mup_args(parser: argparse.ArgumentParser) -> None:
                    help="μP base MLP width (see docs/mup.md)")
     g.add_argument("--mup-base-num-attention-heads", type=int,
                    help="μP base number of attention heads (see docs/mup.md)")
+    g.add_argument("--mup-base-head-dim", type=int,
+                   help="μP base head dim, when width grew through head dim (default: the model's; docs/mup.md)")
     g.add_argument("--mup-embeddings-scale", type=float,
                    help="μP multiplier on the embedding output")
     g.add_argument("--mup-output-alpha", type=float,

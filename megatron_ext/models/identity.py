@@ -58,6 +58,7 @@ class ModelIdentity:
     mup_width_scale: float | None = None       # base hidden / hidden; kept only when no base size is given
     mup_base_ffn_hidden_size: int | None = None
     mup_base_num_attention_heads: int | None = None
+    mup_base_head_dim: int | None = None       # None: head dim did not grow from the proxy (docs/mup.md)
     mup_embeddings_scale: float = 1.0
     mup_output_alpha: float = 1.0
     mup_scale_qk_dot_by_d: bool = False

@@ -35,6 +35,7 @@ def mup_config(identity) -> MuPConfig:
                   base_ffn_hidden_size=identity.mup_base_ffn_hidden_size,
                   num_attention_heads=identity.num_attention_heads,
                   base_num_attention_heads=identity.mup_base_num_attention_heads, head_dim=identity.kv_channels,
+                  base_head_dim=identity.mup_base_head_dim,
                   base_init_std=identity.mup_base_init_std or identity.init_method_std,
                   embeddings_scale=identity.mup_embeddings_scale, output_alpha=identity.mup_output_alpha,
                   scale_qk_dot_by_d=identity.mup_scale_qk_dot_by_d, scale_adam_eps=identity.mup_scale_adam_eps)

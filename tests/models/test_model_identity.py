@@ -20,7 +20,7 @@ RUN = ["--mock-data", "--device", "cpu", "--train-iters", "1"]
 
 # Bases and knobs that differ from every default, so a field silently dropped on the way shows.
 NON_DEFAULT_MUP = dict(use_mup=True, mup_base_hidden_size=32, mup_base_ffn_hidden_size=48,
-                       mup_base_num_attention_heads=2, mup_embeddings_scale=3.5, mup_output_alpha=0.7,
+                       mup_base_num_attention_heads=2, mup_base_head_dim=8, mup_embeddings_scale=3.5, mup_output_alpha=0.7,
                        mup_scale_qk_dot_by_d=True, mup_base_init_std=0.05, mup_scale_adam_eps=True)
 
 
@@ -111,3 +111,17 @@ def test_checkpoint_identity_from_a_newer_version_is_refused_with_the_fix():
         ModelIdentity.from_checkpoint({"model_identity": {**stored, "version": 2}})
     with pytest.raises(IdentityError, match="sliding_window.*upgrade megatron_ext"):
         ModelIdentity.from_checkpoint({"model_identity": {**stored, "sliding_window": 4096}})
+
+
+def test_mup_base_head_dim_reaches_the_rules():
+    """--mup-base-head-dim: width grown through head dim counts in linear_proj's fan-in (issue 15, defect 5)."""
+    from megatron_ext.models.parametrization import build_parametrization
+
+    flags = ["--model-preset", "tiny", "--use-mup", "--mup-base-hidden-size", "32",
+             "--mup-base-num-attention-heads", "4"] + RUN
+    proj = "decoder.layers.0.self_attention.linear_proj.weight"
+    same_head_dim = parse_args(flags, world_size=1).model_identity  # 4 heads x 16 at base and target
+    grown = parse_args(flags + ["--mup-base-head-dim", "8"], world_size=1).model_identity
+    assert grown.mup_base_head_dim == 8
+    assert build_parametrization(same_head_dim).rules.lr_multiplier(proj) == 1.0
+    assert build_parametrization(grown).rules.lr_multiplier(proj) == 0.5  # (4 x 16) / (4 x 8) = 2
