@@ -36,8 +36,9 @@ def parse(argv=None):
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--widths", default=",".join(map(str, d.widths)), help="comma-separated hidden sizes")
     p.add_argument("--parametrizations", default="sp,mup", help="comma-separated: sp, mup")
-    p.add_argument("--preset", choices=["tiny", "tiny-crystal"], default=d.preset,
-                   help="model (tiny-crystal: μP only, with Crystal's multipliers)")
+    p.add_argument("--preset", choices=["tiny", "tiny-crystal", "tiny-dclm"], default=d.preset,
+                   help="model (tiny-crystal: μP only, with Crystal's multipliers; tiny-dclm: DCLM's gain-only "
+                        "LayerNorm and full-width query/key norm)")
     p.add_argument("--vary", choices=["heads", "head-dim"], default=d.vary.replace("_", "-"),
                    help="grow width through the number of heads (head dim fixed) or the head dim (heads fixed)")
     p.add_argument("--base-width", type=int, default=d.base_width, help="μP base hidden size")

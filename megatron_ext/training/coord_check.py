@@ -81,7 +81,9 @@ def width_argv(setup: Setup, parametrization: str, width: int) -> list[str]:
             "--train-iters", setup.steps, "--seed", setup.seed,
             # Constant LR, no decay, no clipping: nothing but the parametrization depends on width.
             "--lr", setup.lr, "--lr-decay-style", "constant", "--weight-decay", 0.0, "--clip-grad", 0.0,
-            "--adam-eps", setup.adam_eps]
+            "--adam-eps", setup.adam_eps,
+            # one init for SP across presets (tiny-dclm's open_lm init would not compare; μP sets its own)
+            "--init-method", "normal"]
     if setup.init_std is not None:
         argv += ["--init-method-std", setup.init_std]
     if parametrization == "mup":

@@ -25,6 +25,7 @@ HEADS = {"widths": [64, 128, 256, 512], "vary": "heads"}
 # Through head dim (4 heads, head dim 16 to 256): the attention scale only matters when head dim grows.
 HEAD_DIM = {"widths": [64, 128, 256, 512, 1024], "vary": "head_dim"}
 CRYSTAL = {**HEAD_DIM, "preset": "tiny-crystal", "init_std": None}  # its sigma_base 0.073, x14.6, x2.22/m, 1/d
+DCLM = {**HEAD_DIM, "preset": "tiny-dclm"}  # gain-only LayerNorm, the query/key norm over all heads
 
 SWEEPS = {
     "mup": {"setup": HEADS, "parametrization": "mup"},
@@ -34,6 +35,7 @@ SWEEPS = {
     "mup_head_dim": {"setup": HEAD_DIM, "parametrization": "mup"},
     "attention_scale_sqrt_d": {"setup": HEAD_DIM, "parametrization": "mup", "plant": "attention_scale_sqrt_d"},
     "crystal_head_dim": {"setup": CRYSTAL, "parametrization": "mup"},
+    "dclm_head_dim": {"setup": DCLM, "parametrization": "mup"},
 }
 LAYERS = range(Setup.num_layers)
 
@@ -52,7 +54,7 @@ def verdicts(tmp_path_factory):
 
 def test_correct_mup_passes(verdicts):
     growing, results = verdicts
-    for sweep in ("mup", "mup_head_dim", "crystal_head_dim"):
+    for sweep in ("mup", "mup_head_dim", "crystal_head_dim", "dclm_head_dim"):
         assert growing[sweep] == {}, (sweep, growing[sweep])
     # Every linear layer's output and the attention logits are among what the check looked at.
     recorded = set(results["mup"]["64"])
