@@ -22,7 +22,9 @@ Kept at their call site (moving them would separate them from the code they shap
      values (and still set `lr_mult`, which megatron uses to match groups on checkpoint load). The `mup`
      package is self-contained (torch only), so it does not import this module. Removable when the
      scheduler multiplies by lr_mult again: then `max_lr`/`min_lr` need not be overridden. Canary:
-     test_upstream_still_ignores_lr_mult.
+     test_upstream_still_ignores_lr_mult. Its warm-up also starts every group at the one init_lr
+     (--lr-warmup-init), so training/optimizer.py's GroupScaledWarmupScheduler starts each at
+     init_lr x its multiplier (mup.optimizer.warmup_init_lr); removable with the same upstream change.
   9. CPU redirection: megatron_ext/platform.py `enable_cpu_redirection` (the platform layer by design).
      Upstream assumes CUDA (torch.cuda.current_device() allocations, CUDA RNG state in the tensor-parallel
      RNG tracker, literal device="cuda" factories, Tensor.cuda(), clip_grads' 'torch.cuda.FloatTensor'
