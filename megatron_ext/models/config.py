@@ -22,7 +22,7 @@ class LlamaConfig(TransformerConfig):
     layernorm_bias: bool = True             # LayerNorm only; RMSNorm has no bias
     qk_norm: str | None = None              # None | "head" | "full": layers/qk_norm.py
     embedding_multiplier: float = 1.0       # μP: scales the embedding output
-    logits_multiplier: float = 1.0          # μP: alpha_out / m, applied before the cross entropy
+    logits_multiplier: float = 1.0          # μP: alpha_out / m, applied to the output layer's logits
 
 
 def params_dtype(compute) -> torch.dtype:

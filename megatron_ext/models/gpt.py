@@ -17,6 +17,15 @@ def _scale_output(scale: float):
     return hook
 
 
+def _scale_logits(scale: float):
+    """μP's output multiplier on the output layer's logits, in fp32 as the cross entropy takes them: in the
+    model, so every consumer of its logits (loss, evaluation, generation) sees the same ones."""
+    def hook(module, inputs, output):
+        logits, bias = output  # megatron's ColumnParallelLinear returns (output, bias)
+        return logits.float() * scale, bias
+    return hook
+
+
 def build_gpt_chunk(config, identity, layer_spec: str, vp_stage: int | None) -> GPTModel:
     """One virtual-pipeline chunk (or the whole stage when vp_stage is None), unwrapped."""
     stock = layer_spec == "megatron-local"
@@ -36,6 +45,8 @@ def build_gpt_chunk(config, identity, layer_spec: str, vp_stage: int | None) -> 
     model.true_vocab_size = identity.vocab_size
     if model.pre_process and config.embedding_multiplier != 1.0:
         model.embedding.register_forward_hook(_scale_output(config.embedding_multiplier))
+    if model.post_process and config.logits_multiplier != 1.0:
+        model.output_layer.register_forward_hook(_scale_logits(config.logits_multiplier))
     return model
 
 

@@ -158,7 +158,7 @@ def measure(argv: list[str], device: torch.device) -> dict:
     args = parse_args(argv, world_size=1)
     _ensure_parallel_state(args)
     built = build_trainable(RunConfig.from_flags(args).with_vocab(args.vocab_size), device)
-    chunks, optimizer, scheduler, config = built.model, built.optimizer, built.scheduler, built.config
+    chunks, optimizer, scheduler = built.model, built.optimizer, built.scheduler
     for chunk in chunks:
         chunk.train()
 
@@ -172,10 +172,9 @@ def measure(argv: list[str], device: torch.device) -> dict:
                       if hasattr(module, "query_key_probe")}
     recorded = record_coords(model, [_batch(args)], step, args.train_iters, module_filter=watched_module,
                              activation=_activation(softmax_scales))
+    # "logits" already carries μP's output multiplier: the model's own output-layer hook (models/gpt.py) runs
+    # before the recording hook.
     coords = {_display_name(name): values for name, values in recorded.items()}
-    # The μP logits multiplier is applied in the loss (training/step.py), after output_layer: scale
-    # the output layer's numbers by it so "logits" is what the cross entropy sees.
-    coords["logits"] = [v * config.logits_multiplier for v in coords["logits"]]
     del chunks, optimizer, scheduler, model
     gc.collect()
     return coords

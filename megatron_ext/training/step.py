@@ -9,12 +9,10 @@ from megatron.core import parallel_state, tensor_parallel
 
 
 def language_model_logits(logits: torch.Tensor, config, true_vocab_size: int) -> torch.Tensor:
-    """Final logits from the output layer's [..., vocab/TP] shard: μP multiplier applied, and the
-    padding rows of the vocabulary masked so they never take probability mass (the loss is then
-    the same whatever the padding)."""
+    """Final logits from the output layer's [..., vocab/TP] shard (μP's multiplier is already applied by the
+    model: models/gpt.py), with the padding rows of the vocabulary masked so they never take probability
+    mass (the loss is then the same whatever the padding)."""
     logits = logits.float()
-    if config.logits_multiplier != 1.0:
-        logits = logits * config.logits_multiplier
     shard = logits.shape[-1]
     start = parallel_state.get_tensor_model_parallel_rank() * shard
     if start + shard > true_vocab_size:
