@@ -23,6 +23,7 @@ from megatron_ext.checkpoint.hf_files import (CODE_DIR, HFWeights, SafetensorsSt
                                               copy_remote_code, copy_tokenizer, export_remote_code,
                                               export_tokenizer, plan_shards, read_json)
 from megatron_ext.checkpoint.integrity import IntegrityError, verify_checksums, write_checksums
+from megatron_ext.checkpoint.model_tensors import model_tensors
 from megatron_ext.checkpoint.paths import LATEST_FILE, iteration_dir, write_text_atomic
 from megatron_ext.checkpoint.torch_dist_io import TorchDistReader, TorchDistWriter, read_common
 from megatron_ext.models.identity import CHECKPOINT_KEY, ModelIdentity
@@ -161,7 +162,8 @@ def hf_to_megatron(hf_dir: str, save: str, model_format: str | None = None, over
                 bar.update(1)
                 return tensors
 
-            TorchDistWriter(iteration_dir(tmp, 0)).save(tensor_groups, produce, dtype, identity.num_layers, common)
+            TorchDistWriter(iteration_dir(tmp, 0)).save(tensor_groups, produce, dtype, identity.num_layers, common,
+                                                         model_tensors(identity).extra_state_keys)
         write_checksums(iteration_dir(tmp, 0))
         write_text_atomic(os.path.join(tmp, LATEST_FILE), "0")
     return iteration_dir(os.path.abspath(save), 0)

@@ -3,8 +3,9 @@ record an export leaves in config.json, and the layout helpers the weight maps' 
 (weight_maps.py; one table per Hugging Face layout in hf_llama.py, hf_crystalcoder.py).
 
 Megatron tensors are named as GPTModel.state_dict() names them in a single-stage, single-rank
-model (`decoder.layers.3.mlp.linear_fc1.weight`); torch_dist_io.py maps those names to the global
-ShardedTensor keys of megatron-core's checkpoints. Layouts, fixed by megatron-core:
+model (`decoder.layers.3.mlp.linear_fc1.weight`), taken from that model itself (model_tensors.py);
+torch_dist_io.py maps those names to the global ShardedTensor keys of megatron-core's checkpoints.
+Layouts, fixed by megatron-core:
   * linear_qkv rows are grouped per query group g: [q heads of g; k of g; v of g], head_dim rows each;
   * linear_fc1 is [gate; up] (2F x H);
   * the vocabulary is padded to a multiple of make_vocab_size_divisible_by (rows past the true
@@ -57,42 +58,12 @@ def restore_identity(from_config: ModelIdentity, config: dict, expressed: tuple[
 
 
 def groups(identity: ModelIdentity) -> list["Group"]:
-    """Every Megatron tensor, in the order a converter streams them (one group at a time)."""
-    h, d = identity.hidden_size, identity.kv_channels
-    norm = {"weight": (h,), **({"bias": (h,)} if identity.norm_has_bias else {})}
-    qkv_rows = (identity.num_attention_heads + 2 * identity.num_query_groups) * d
-    # query/key norms (layers/qk_norm.py): per head, head_dim wide; or full width, all heads of q (of k)
-    qk_norm_widths = {None: None, "head": (d, d),
-                      "full": (identity.num_attention_heads * d, identity.num_query_groups * d)}[identity.qk_norm]
-    result = [Group("embedding", {"embedding.word_embeddings.weight": (identity.padded_vocab_size, h)})]
-    for layer in range(identity.num_layers):
-        local = {f"input_layernorm.{k}": s for k, s in norm.items()}
-        local["self_attention.linear_qkv.weight"] = (qkv_rows, h)
-        if identity.qkv_bias:
-            local["self_attention.linear_qkv.bias"] = (qkv_rows,)
-        if qk_norm_widths:
-            for which, width in zip(("q_layernorm", "k_layernorm"), qk_norm_widths):
-                local.update({f"self_attention.{which}.{k}": (width,) for k in norm})
-        local["self_attention.linear_proj.weight"] = (h, identity.num_attention_heads * d)
-        if identity.add_bias_linear:
-            local["self_attention.linear_proj.bias"] = (h,)
-        local.update({f"pre_mlp_layernorm.{k}": s for k, s in norm.items()})
-        local["mlp.linear_fc1.weight"] = (2 * identity.ffn_hidden_size, h)
-        if identity.add_bias_linear:
-            local["mlp.linear_fc1.bias"] = (2 * identity.ffn_hidden_size,)
-        local["mlp.linear_fc2.weight"] = (h, identity.ffn_hidden_size)
-        if identity.add_bias_linear:
-            local["mlp.linear_fc2.bias"] = (h,)
-        result.append(Group(f"layer {layer}", {f"decoder.layers.{layer}.{k}": s for k, s in local.items()},
-                            layer=layer))
-    result.append(Group("final norm", {f"decoder.final_layernorm.{k}": s for k, s in norm.items()}))
-    if not identity.tie_embeddings:
-        result.append(Group("output", {"output_layer.weight": (identity.padded_vocab_size, h)}))
-    return result
+    """Every Megatron tensor, in the order a converter streams them (one group at a time): embedding, each
+    layer, final norm, output (untied). Read off megatron-core's own model of the identity
+    (model_tensors.py), so the names and shapes are the ones training saves."""
+    from megatron_ext.checkpoint.model_tensors import model_tensors
 
-
-# megatron-core's linear layers that carry an (empty) `_extra_state` entry in every checkpoint.
-LINEAR_MODULES = ("self_attention.linear_qkv", "self_attention.linear_proj", "mlp.linear_fc1", "mlp.linear_fc2")
+    return list(model_tensors(identity).groups)
 
 
 @dataclass(frozen=True)

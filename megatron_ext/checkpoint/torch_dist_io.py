@@ -32,7 +32,7 @@ from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, Metadat
 from torch.distributed.checkpoint.planner import TensorWriteData, WriteItem, WriteItemType
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
-from megatron_ext.checkpoint.hf_arch import LINEAR_MODULES, ConversionError, Group, expect_shape
+from megatron_ext.checkpoint.hf_arch import ConversionError, Group, expect_shape
 from megatron_ext.checkpoint.paths import LATEST_FILE, iteration_dir, read_latest_iteration
 
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
@@ -47,16 +47,6 @@ def dcp_location(name: str, shape: tuple, num_layers: int) -> tuple[str, tuple, 
         return name, tuple(shape), (0,) * len(shape)
     layer, rest = int(match.group(1)), match.group(2)
     return f"decoder.layers.{rest}", (num_layers, *shape), (layer,) + (0,) * len(shape)
-
-
-def extra_state_keys(num_layers: int) -> list[str]:
-    """Unique keys of the (empty) `_extra_state` objects megatron-core's linear layers save, one per
-    layer; a model loading the checkpoint asks for them. Named by megatron-core's own ShardedObject
-    so the naming always matches the installed version."""
-    from megatron.core.dist_checkpointing.mapping import ShardedObject
-
-    return [ShardedObject(f"decoder.layers.{module}._extra_state", None, (num_layers,), (layer,)).unique_key
-            for layer in range(num_layers) for module in LINEAR_MODULES]
 
 
 # ---- writing a torch_dist checkpoint -------------------------------------------------------------
@@ -82,8 +72,10 @@ class TorchDistWriter:
     def __init__(self, directory: str):
         self.directory = directory
 
-    def save(self, groups: list[Group], produce, dtype: torch.dtype, num_layers: int, common: dict) -> None:
-        """produce(group) -> {Megatron name: tensor} for exactly group.shapes (checked)."""
+    def save(self, groups: list[Group], produce, dtype: torch.dtype, num_layers: int, common: dict,
+             extra_state_keys: tuple[str, ...]) -> None:
+        """produce(group) -> {Megatron name: tensor} for exactly group.shapes (checked). extra_state_keys: the
+        (empty) `_extra_state` objects a loading model asks for (model_tensors.py: the model's ShardedObjects)."""
         items, source = [], {}
         for group in groups:
             for name, shape in group.shapes.items():
@@ -96,7 +88,7 @@ class TorchDistWriter:
                 source[index] = (group, name)
         empty_state = io.BytesIO()
         torch.save([None], empty_state)  # what megatron-core stores for an empty _extra_state
-        objects = {key: empty_state.getvalue() for key in extra_state_keys(num_layers)}
+        objects = {key: empty_state.getvalue() for key in extra_state_keys}
         items += [WriteItem(index=MetadataIndex(key), type=WriteItemType.BYTE_IO) for key in objects]
 
         cache: dict = {}  # group name -> its not-yet-written tensors (one group at a time in practice)
