@@ -29,6 +29,9 @@ class ConversionError(SystemExit):
         super().__init__(f"error: {message}")
 
 
+# The torch_dtype names config.json files use, for the dtype an export writes.
+DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
 # The namespaced config.json key under which an export records the full model identity: the fields no HF
 # layout expresses (μP bases, init std, vocabulary padding) and those an export folds into the weights (μP
 # multipliers, interleaved RoPE in the LLaMA layout). transformers keeps unknown keys and ignores them.

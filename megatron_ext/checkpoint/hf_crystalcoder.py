@@ -16,7 +16,7 @@ import json
 
 import torch
 
-from megatron_ext.checkpoint.hf_arch import IDENTITY_KEY, ConversionError
+from megatron_ext.checkpoint.hf_arch import DTYPE_NAMES, IDENTITY_KEY, ConversionError
 from megatron_ext.checkpoint.weight_maps import Entry, Fuse, PackQKV, RopeOrder, Split, Transpose, VocabRows
 from megatron_ext.models.identity import ModelIdentity
 
@@ -25,7 +25,6 @@ PUBLISHED_ROTARY_BASE = 10000.0  # fixed in the published modeling code
 AUTO_MAP = {"AutoConfig": "configuration_crystalcoder.CrystalCoderConfig",
             "AutoModel": "modeling_crystalcoder.CrystalCoderModel",
             "AutoModelForCausalLM": "modeling_crystalcoder.CrystalCoderLMHeadModel"}
-DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
 def matches(config: dict) -> bool:

@@ -18,13 +18,12 @@ import json
 
 import torch
 
-from megatron_ext.checkpoint.hf_arch import IDENTITY_KEY, ConversionError
+from megatron_ext.checkpoint.hf_arch import DTYPE_NAMES, IDENTITY_KEY, ConversionError
 from megatron_ext.checkpoint.weight_maps import (Entry, Fuse, PackQKV, RopeOrder, Scale, VocabRows,
                                                  embedding_multiplier, key_scale, logits_multiplier)
 from megatron_ext.models.identity import ModelIdentity
 
 NAME = "llama"
-DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
 def matches(config: dict) -> bool:

@@ -26,14 +26,13 @@ import sys
 
 import torch
 
-from megatron_ext.checkpoint.hf_arch import IDENTITY_KEY, ConversionError
+from megatron_ext.checkpoint.hf_arch import DTYPE_NAMES, IDENTITY_KEY, ConversionError
 from megatron_ext.checkpoint.weight_maps import Buffer, Entry, PackQKV, Split, VocabRows
 from megatron_ext.models.identity import ModelIdentity
 
 NAME = "openlm"
 GAIN_ONLY = ("gain_only_lp_layer_norm", "gain_only_layer_norm")
 WITH_BIAS = ("default_layer_norm", "lp_layer_norm")
-DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
 def matches(config: dict) -> bool:
