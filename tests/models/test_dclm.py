@@ -240,3 +240,54 @@ def test_mup_classifies_every_dclm_parameter():
     assert any("q_layernorm" in n for n in names) and any("k_layernorm" in n for n in names)
     classes = {name: classify(name) for name in names}
     assert {classes[n] for n in names if "layernorm" in n} == {ParamClass.NORM}
+
+
+def test_converted_dclm_trains_from_its_weights_in_the_gpu_configuration(tmp_path):
+    """The GPU path: a converted DCLM-architecture model loaded with --bf16, TP2 x DP2, the distributed optimizer
+    and both overlaps. At lr 0 on one repeated window, every iteration logs the source model's own loss (the
+    reference forward's), so the loaded weights, not a fresh initialisation, are what trains."""
+    import numpy as np
+    from launch import read_losses, start_pretrain, wait_all
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+    from safetensors.torch import save_file
+
+    seq = 32
+    write_tiny_openlm(tmp_path / "hf", vocab_size=200, seq_len=64, seed=4)
+    tensors, config = read_openlm(tmp_path / "hf")
+    period = [(7 * i + 3) % 200 for i in range(seq)]
+    window = torch.tensor([period + period[:1]])
+
+    def loss_of(weights):
+        logits = openlm_forward(weights, config, window[:, :-1], dtype=torch.float32)
+        return torch.nn.functional.cross_entropy(logits[0], window[0, 1:])
+
+    # Fit the source to the window, so its loss is far below a random model's (ln 200 = 5.3).
+    trained = {k: v.clone().requires_grad_(not k.endswith("inv_freq")) for k, v in tensors.items()}
+    optimizer = torch.optim.Adam([v for v in trained.values() if v.requires_grad], lr=3e-3)
+    for _ in range(20):
+        optimizer.zero_grad()
+        loss_of(trained).backward()
+        optimizer.step()
+    fitted = {k: v.detach().contiguous() for k, v in trained.items()}
+    save_file(fitted, str(tmp_path / "hf" / "model.safetensors"), metadata={"format": "pt"})
+    with torch.no_grad():
+        source_loss = loss_of(fitted).item()
+    assert source_loss < 4.0
+    hf_to_megatron(str(tmp_path / "hf"), str(tmp_path / "mg"), progress=False)
+
+    tokens = np.array(period * 200 + period[:1], dtype=np.uint16)
+    builder = IndexedDatasetBuilder(str(tmp_path / "data.bin"), dtype=np.uint16)
+    builder.add_document(torch.from_numpy(tokens.astype(np.int64)), [len(tokens)])
+    builder.finalize(str(tmp_path / "data.idx"))
+    log = tmp_path / "log.jsonl"
+    wait_all({"gpu-config": start_pretrain(
+        ["--load", tmp_path / "mg", "--data-path", tmp_path / "data", "--split", "100,0,0",
+         "--tokenizer-type", "NullTokenizer", "--vocab-size", 199, "--device", "cpu", "--seq-length", seq,
+         "--micro-batch-size", 1, "--global-batch-size", 2, "--train-iters", 4, "--log-interval", 1,
+         "--lr", 0.0, "--min-lr", 0.0, "--lr-decay-style", "constant", "--weight-decay", 0.0, "--bf16",
+         "--tensor-model-parallel-size", 2, "--use-distributed-optimizer", "--overlap-grad-reduce",
+         "--overlap-param-gather", "--log-json", log], nproc=4)})
+    losses = read_losses(log)
+    assert sorted(losses) == [1, 2, 3, 4]
+    for iteration, loss in losses.items():
+        assert loss == pytest.approx(source_loss, abs=0.05), f"iteration {iteration}: {loss} vs {source_loss}"
