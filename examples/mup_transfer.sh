@@ -55,14 +55,26 @@ done
 
 # One training run; its JSON log is the only output kept. Same data order, seed, schedule and
 # validation batches in every run, so runs differ only in width, LR and parametrization.
+# At the base width μP is exactly SP (same init, every multiplier 1), so the SP run serves both.
+mup_base_reuses_sp() {
+  [ "$1" = "$BASE" ] && [ -z "$MUP_EXTRA" ] && [[ " $PARAMS " == *" sp "* && " $PARAMS " == *" mup "* ]]
+}
+
 run_one() {
+  local param=$1 width=$2 lr=$3
+  if [ "$param" = mup ] && mup_base_reuses_sp "$width"; then return 0; fi  # the SP job copies its log
+  train_one "$param" "$width" "$lr"
+  # The copy is made by the job that wrote the log, so it never races the sweep's final wait.
+  if [ "$param" = sp ] && mup_base_reuses_sp "$width"; then
+    cp "$OUT/runs/sp_w${width}_lr${lr}.jsonl" "$OUT/runs/mup_w${width}_lr${lr}.jsonl.tmp"
+    mv "$OUT/runs/mup_w${width}_lr${lr}.jsonl.tmp" "$OUT/runs/mup_w${width}_lr${lr}.jsonl"
+  fi
+}
+
+train_one() {
   local param=$1 width=$2 lr=$3
   local log="$OUT/runs/${param}_w${width}_lr${lr}.jsonl"
   if [ -f "$log" ] && grep -q '"final validation lm loss"' "$log"; then return 0; fi
-  # At the base width μP is exactly SP (same init, every multiplier 1), so reuse that run.
-  if [ "$param" = mup ] && [ "$width" = "$BASE" ] && [ -z "$MUP_EXTRA" ] && [[ " $PARAMS " == *" sp "* ]]; then
-    return 0  # copied once the SP run exists, below
-  fi
   local flags=(--init-method-std "$INIT_STD")
   if [ "$param" = mup ]; then
     flags+=(--use-mup --mup-base-hidden-size "$BASE" --mup-base-init-std "$INIT_STD" $MUP_EXTRA)
@@ -88,20 +100,18 @@ run_one() {
 
 echo "== sweep: widths [$WIDTHS] x lrs [$LRS] x [$PARAMS], $ITERS iterations each, $JOBS at a time"
 start=$(date +%s)
+pids=()
 for width in $WIDTHS; do
   for lr in $LRS; do
     for param in $PARAMS; do
       while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
       run_one "$param" "$width" "$lr" &
+      pids+=($!)
     done
   done
 done
-wait
-if [[ " $PARAMS " == *" sp "* && " $PARAMS " == *" mup "* && -z "$MUP_EXTRA" ]]; then
-  for lr in $LRS; do
-    cp "$OUT/runs/sp_w${BASE}_lr${lr}.jsonl" "$OUT/runs/mup_w${BASE}_lr${lr}.jsonl" 2>/dev/null || true
-  done
-fi
+# Wait on each run by pid: the report must not start while any run is still writing its log.
+for pid in "${pids[@]}"; do wait "$pid" || true; done
 echo "== sweep took $(( $(date +%s) - start )) s"
 
 "$PYTHON" tools/mup_transfer_report.py --runs "$OUT/runs" --out "$OUT" --base-width "$BASE" \

@@ -27,7 +27,7 @@ def torchrun_cmd(nproc: int, script: str, *, nnodes: int = 1, node_rank: int = 0
             script]
 
 
-def test_env() -> dict:
+def subprocess_env() -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     env.pop("TRITON_INTERPRET", None)
     return env
@@ -36,7 +36,7 @@ def test_env() -> dict:
 def run_pretrain(args: list[str], nproc: int = 1, timeout: int = 600, check: bool = True, env: dict | None = None):
     """Run pretrain_llama.py; returns the CompletedProcess (stdout+stderr in .stdout)."""
     cmd = torchrun_cmd(nproc, str(REPO / "pretrain_llama.py")) + [str(a) for a in args]
-    proc = subprocess.run(cmd, cwd=REPO, env={**test_env(), **(env or {})}, stdout=subprocess.PIPE,
+    proc = subprocess.run(cmd, cwd=REPO, env={**subprocess_env(), **(env or {})}, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         pytest.fail(f"pretrain_llama.py failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
@@ -47,7 +47,7 @@ def start_pretrain(args: list, nproc: int = 1, **popen_kwargs) -> subprocess.Pop
     """Start pretrain_llama.py under torchrun without waiting: tests start their runs together (start-up,
     not compute, is what costs). Output (stdout+stderr) in .communicate()[0]."""
     cmd = torchrun_cmd(nproc, str(REPO / "pretrain_llama.py")) + [str(a) for a in args]
-    return subprocess.Popen(cmd, cwd=REPO, env=test_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    return subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, **popen_kwargs)
 
 

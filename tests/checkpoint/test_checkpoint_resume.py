@@ -9,7 +9,7 @@ import pytest
 import torch
 from launch import REPO, read_log, read_losses, run_pretrain, stored_tensors, torchrun_cmd
 from launch import TINY_ARGS as LAYOUT_ARGS
-from launch import test_env as launch_env  # renamed: pytest would collect a test_* name
+from launch import subprocess_env as launch_env
 
 TOTAL, SAVED_AT = 6, 3
 # Warm-up then cosine decay across the save, so a resume must restore the scheduler's position too.

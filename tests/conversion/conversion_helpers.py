@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import torch
-from launch import REPO, test_env
+from launch import REPO, subprocess_env
 
 # Tokens for every logits comparison: include the last real token id (vocabularies below are >= 500).
 TOKENS = [[1, 5, 499, 17, 300, 2, 64, 250, 0, 33], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12]]
@@ -17,7 +17,7 @@ TOKENS = [[1, 5, 499, 17, 300, 2, 64, 250, 0, 33], [3, 4, 5, 6, 7, 8, 9, 10, 11,
 def run_tool(name: str, *args, check: bool = True) -> subprocess.CompletedProcess:
     """tools/NAME.py as a user runs it; stdout+stderr in .stdout."""
     proc = subprocess.run([sys.executable, str(REPO / "tools" / f"{name}.py"), "--no-progress", *map(str, args)],
-                          cwd=REPO, env=test_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=300)
     if check:
         assert proc.returncode == 0, proc.stdout[-4000:]

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conversion_helpers import (TOKENS, assert_close, crystal_reference_logits, llama_logits, load_common,
                                 random_crystal, random_llama, save_common)
-from launch import REPO, test_env, torchrun_cmd
+from launch import REPO, subprocess_env, torchrun_cmd
 from safetensors.torch import load_file, save_file
 
 from megatron_ext.checkpoint.convert import hf_to_megatron, megatron_to_hf
@@ -52,7 +52,7 @@ def converted(tmp_path_factory):
                  out=str(root / f"logits-{case}-{layout}.pt")) for case, layout in LLAMA_CASES + OTHER_CASES]
     (root / "jobs.json").write_text(json.dumps(jobs))
     cmd = torchrun_cmd(4, str(REPO / "tests/conversion/conversion_logits_worker.py")) + [str(root / "jobs.json")]
-    proc = subprocess.run(cmd, cwd=REPO, env=test_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return root, {(case, layout): torch.load(root / f"logits-{case}-{layout}.pt", weights_only=True)
                   for case, layout in LLAMA_CASES + OTHER_CASES}

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conversion_helpers import (crystal_reference_logits, load_common, model_tensors, random_crystal,
                                 random_llama, run_tool, save_common, stored_entries)
-from launch import REPO, test_env, torchrun_cmd
+from launch import REPO, subprocess_env, torchrun_cmd
 from safetensors.torch import load_file
 
 from megatron_ext.checkpoint.convert import hf_to_megatron, megatron_to_hf
@@ -31,7 +31,7 @@ RUN = ["--mock-data", "--device", "cpu", "--train-iters", 2, "--micro-batch-size
 
 def _launch(args: list) -> subprocess.Popen:
     cmd = torchrun_cmd(2, str(REPO / "pretrain_llama.py")) + [str(a) for a in args]
-    return subprocess.Popen(cmd, cwd=REPO, env=test_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    return subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
 

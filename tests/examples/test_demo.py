@@ -13,7 +13,7 @@ from launch import REPO, free_port
 def test_demo_trains_and_reports(tmp_path):
     out = tmp_path / "demo_out"
     proc = subprocess.run(["bash", str(REPO / "examples" / "demo.sh")], cwd=REPO,
-                          env={**launch.test_env(), "PYTHON": sys.executable, "OUT": str(out), "ITERS": "60",
+                          env={**launch.subprocess_env(), "PYTHON": sys.executable, "OUT": str(out), "ITERS": "60",
                                "PORT": str(free_port())},
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:]

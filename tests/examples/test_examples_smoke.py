@@ -26,7 +26,7 @@ ITERATION = re.compile(r"^\s*iteration\s+(\d+)/\s*(\d+)\s*\|", re.M)
 
 def run_example(script: str, work, **env) -> subprocess.CompletedProcess:
     proc = subprocess.run(["bash", str(REPO / "examples" / script)], cwd=REPO,
-                          env={**launch.test_env(), "SMOKE": "1", "PYTHON": sys.executable, "WORK": str(work),
+                          env={**launch.subprocess_env(), "SMOKE": "1", "PYTHON": sys.executable, "WORK": str(work),
                                "MASTER_PORT": str(free_port()), **env},
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
     assert proc.returncode == 0, f"{script} failed ({proc.returncode}):\n{proc.stdout[-6000:]}"
@@ -117,7 +117,7 @@ def test_slurm_batch_file_passes_the_rendezvous_to_the_recipe(tmp_path):
     (bin_dir / "scontrol").write_text('#!/usr/bin/env bash\nprintf "gpu-a17\\ngpu-a18\\n"\n')
     for tool in ("srun", "scontrol"):
         (bin_dir / tool).chmod(0o755)
-    env = {**launch.test_env(), "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": sys.executable,
+    env = {**launch.subprocess_env(), "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": sys.executable,
            "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu-a[17-18]", "SLURM_JOB_ID": "4242",
            "SLURM_SUBMIT_DIR": str(REPO)}
     proc = subprocess.run(["bash", str(REPO / "examples" / "slurm_multinode.sbatch"), "examples/crystal_phase2.sh",
@@ -131,17 +131,17 @@ def test_slurm_batch_file_passes_the_rendezvous_to_the_recipe(tmp_path):
 def test_example_help_lists_variables():
     for script in EXAMPLES:
         proc = subprocess.run(["bash", str(REPO / "examples" / script), "--help"], cwd=REPO,
-                              env={**launch.test_env(), "PYTHON": sys.executable}, stdout=subprocess.PIPE,
+                              env={**launch.subprocess_env(), "PYTHON": sys.executable}, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, timeout=60)
         assert proc.returncode == 0, proc.stdout
         for var in ("WORK", "SAVE_DIR", "TP", "PP", "GLOBAL_BATCH", "LR", "NNODES", "MASTER_ADDR", "EXPORT_DIR"):
             assert f"\n  {var} " in proc.stdout, (script, var)
     crystal = subprocess.run(["bash", str(REPO / "examples" / "crystal_phase2.sh"), "--help"], cwd=REPO,
-                             env={**launch.test_env(), "PYTHON": sys.executable}, stdout=subprocess.PIPE, text=True).stdout
+                             env={**launch.subprocess_env(), "PYTHON": sys.executable}, stdout=subprocess.PIPE, text=True).stdout
     for value in ("0.0087825", "1.3679e-4", "2048", "data/mixes/crystal_phase2.json"):
         assert value in crystal, value
     dclm = subprocess.run(["bash", str(REPO / "examples" / "dclm_1b.sh"), "--help"], cwd=REPO,
-                          env={**launch.test_env(), "PYTHON": sys.executable}, stdout=subprocess.PIPE, text=True).stdout
+                          env={**launch.subprocess_env(), "PYTHON": sys.executable}, stdout=subprocess.PIPE, text=True).stdout
     # the continued-pretraining schedule is documented as a choice, and the DCLM-1B vocabulary padding is kept
     for value in ("CHOICE, not DCLM's numbers", "= 3e-4", "= 50432", "= HuggingFaceTokenizer", "converted/tokenizer"):
         assert value in dclm, value
@@ -150,7 +150,7 @@ def test_example_help_lists_variables():
 def test_dclm_recipe_requires_data(tmp_path):
     """Without SMOKE there is no default mix: the recipe says what to set before creating anything."""
     proc = subprocess.run(["bash", str(REPO / "examples" / "dclm_1b.sh")], cwd=REPO,
-                          env={**launch.test_env(), "PYTHON": sys.executable, "WORK": str(tmp_path / "w")},
+                          env={**launch.subprocess_env(), "PYTHON": sys.executable, "WORK": str(tmp_path / "w")},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "set DATA_MIX" in proc.stderr, proc.stdout + proc.stderr
     assert not (tmp_path / "w").exists()

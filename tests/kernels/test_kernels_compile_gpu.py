@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from launch import REPO, test_env
+from launch import REPO, subprocess_env
 
 WORKER = Path(__file__).with_name("compile_gpu_worker.py")
 TARGETS = {"sm_80", "sm_90"}
@@ -32,7 +32,7 @@ PROBE = "_utils._probe_kernel"  # a capability probe with no arguments, never la
 
 @pytest.fixture(scope="module")
 def report():
-    proc = subprocess.run([sys.executable, str(WORKER)], cwd=REPO, env=test_env(), capture_output=True,
+    proc = subprocess.run([sys.executable, str(WORKER)], cwd=REPO, env=subprocess_env(), capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout)

@@ -19,7 +19,7 @@ import subprocess
 import pytest
 import torch
 from launch import REPO, TINY_ARGS, torchrun_cmd
-from launch import test_env as launch_env  # renamed: pytest would collect a test_* name
+from launch import subprocess_env as launch_env
 
 ITERS = 2
 NPROC = 2

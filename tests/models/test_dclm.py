@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 import torch
-from launch import REPO, run_pretrain, test_env, torchrun_cmd
+from launch import REPO, run_pretrain, subprocess_env, torchrun_cmd
 from openlm_reference import openlm_forward, read_openlm, write_tiny_openlm
 
 from megatron_ext.checkpoint.convert import hf_to_megatron, megatron_to_hf
@@ -49,7 +49,7 @@ def test_logits_match_the_reference_at_every_layout(converted):
     (converted / "jobs.json").write_text(json.dumps(jobs))
     cmd = torchrun_cmd(4, str(REPO / "tests" / "conversion" / "conversion_logits_worker.py")) + [
         str(converted / "jobs.json")]
-    proc = subprocess.run(cmd, cwd=REPO, env=test_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     scale = reference.abs().max()
     for name in LAYOUTS:
@@ -90,7 +90,7 @@ def test_full_width_qk_norm_is_exact_under_tp(tmp_path):
     from qk_norm_worker import HEAD_DIM, HEADS, inputs
 
     procs = {tp: subprocess.Popen(torchrun_cmd(tp, str(REPO / "tests" / "models" / "qk_norm_worker.py"))
-                                  + [str(tmp_path / f"tp{tp}")], cwd=REPO, env=test_env(), stdout=subprocess.PIPE,
+                                  + [str(tmp_path / f"tp{tp}")], cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True) for tp in (1, 2)}
     for proc in procs.values():
         output = proc.communicate(timeout=300)[0]
@@ -124,7 +124,7 @@ def test_qk_norm_gradients_in_the_model_under_tp(tmp_path):
         spec = [{"name": name, "argv": base + extra, "variants": {"kernels": []}} for name, extra in cases]
         cmd = torchrun_cmd(nproc, str(REPO / "tests" / "kernels" / "kernels_worker.py")) + [str(tmp_path / out),
                                                                                           json.dumps(spec)]
-        return subprocess.Popen(cmd, cwd=REPO, env=test_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        return subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
 
     procs = [launch(1, "single", [("tp1", [])]),

@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 from launch import REPO
-from launch import test_env as launch_env  # renamed: pytest would collect a test_* name
+from launch import subprocess_env as launch_env
 
 from megatron_ext.training.coord_check import Setup, attention_logits
 from mup.coord_check import growing_modules, module_slopes

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from launch import REPO
-from launch import test_env as launch_env  # renamed: pytest would collect a test_* name
+from launch import subprocess_env as launch_env
 
 
 def _report_module():

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 import torch
-from launch import REPO, test_env, torchrun_cmd
+from launch import REPO, subprocess_env, torchrun_cmd
 
 ARGS = ["--model-preset", "tiny-gqa", "--mock-data", "--device", "cpu", "--train-iters", "1",
         "--global-batch-size", "4", "--seed", "7"]
@@ -16,7 +16,7 @@ def full_weights(tmp_path, nproc: int, extra: list) -> dict:
     tmp_path.mkdir(parents=True, exist_ok=True)
     prefix = tmp_path / "init"
     cmd = torchrun_cmd(nproc, str(REPO / "tests/training/init_worker.py")) + [str(prefix)] + [str(a) for a in ARGS + extra]
-    proc = subprocess.run(cmd, cwd=REPO, env=test_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     pieces: dict = {}
     for rank in range(nproc):

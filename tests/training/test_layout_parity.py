@@ -4,7 +4,7 @@ import json
 import subprocess
 
 import pytest
-from launch import (REPO, TINY_ARGS, free_port, read_log, read_losses, run_pretrain, start_pretrain, test_env,
+from launch import (REPO, TINY_ARGS, free_port, read_log, read_losses, run_pretrain, start_pretrain, subprocess_env,
                     torchrun_cmd, wait_all)
 
 ITERS = 3
@@ -65,7 +65,7 @@ def test_half_precision_tracks_fp32(precision, tolerance, reference_losses, tmp_
     half = "torch.bfloat16" if precision == "--bf16" else "torch.float16"
     cmd = torchrun_cmd(2, str(REPO / "tests" / "training" / "precision_worker.py")) + [str(tmp_path / "dtypes")] + [
         str(a) for a in TINY_ARGS + ["--train-iters", 1, "--tensor-model-parallel-size", 2, precision]]
-    worker = subprocess.run(cmd, cwd=REPO, env=test_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    worker = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, timeout=600)
     assert worker.returncode == 0, worker.stdout[-4000:]
     for rank in (0, 1):
@@ -84,7 +84,7 @@ def test_simulated_two_node_job_matches_single_process(reference_losses, tmp_pat
     port = free_port()
     agents = [subprocess.Popen(torchrun_cmd(2, str(REPO / "pretrain_llama.py"), nnodes=2, node_rank=rank,
                                             port=port) + args,
-                               cwd=REPO, env=test_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
               for rank in (0, 1)]
     outputs = [agent.communicate(timeout=600)[0] for agent in agents]
     for agent, out in zip(agents, outputs):
