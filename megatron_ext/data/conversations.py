@@ -166,7 +166,7 @@ def validate(messages: list[dict], *, trailing_user: str = "error") -> list[dict
         expected = "user" if (i - start) % 2 == 0 else "assistant"
         if messages[i]["role"] != expected:
             where = "first" if i == start else f"after a {messages[i - 1]['role']} message"
-            raise ConversationError(OUT_OF_ORDER, f"message {i} is a {messages[i]['role']} message {where}; "
+            raise ConversationError(OUT_OF_ORDER, f"message {i} has role {messages[i]['role']!r} {where}; "
                                                   "expected an optional system message, then user and assistant "
                                                   "in turn, starting with the user")
     if len(messages) > start and messages[-1]["role"] == "user" and trailing_user == "drop":

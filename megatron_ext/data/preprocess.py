@@ -187,13 +187,13 @@ def _gzip_lines(path: str, raw) -> Iterator[tuple[int, bytes]]:
                               "download it again (`gzip -t` checks a file)") from err
 
 
-def _ordered_results(pool, batches: Iterator[list], max_in_flight: int) -> Iterator:
-    """Like pool.imap(_encode_batch, batches) but reads ahead at most
-    max_in_flight batches: imap's feeder thread would pull the whole input into
-    memory when the workers are slower than reading."""
+def _ordered_results(pool, batches: Iterator[list], max_in_flight: int, work=None) -> Iterator:
+    """Like pool.imap(work, batches) (work: _encode_batch unless given) but reads
+    ahead at most max_in_flight batches: imap's feeder thread would pull the whole
+    input into memory when the workers are slower than reading."""
     pending = collections.deque()
     for batch in batches:
-        pending.append(pool.apply_async(_encode_batch, (batch,)))
+        pending.append(pool.apply_async(work or _encode_batch, (batch,)))
         if len(pending) >= max_in_flight:
             yield from pending.popleft().get()
     while pending:
