@@ -19,9 +19,9 @@ from megatron.core.transformer.module import MegatronModule
 from megatron_ext import kernels
 
 try:  # optional backend, used only on CUDA when installed
-    from flash_attn import flash_attn_func
+    from flash_attn import flash_attn_func, flash_attn_varlen_func
 except ImportError:  # pragma: no cover - depends on the environment
-    flash_attn_func = None
+    flash_attn_func = flash_attn_varlen_func = None
 
 
 def rotary_inv_freq(head_dim: int, rotary_percent: float, base: float) -> torch.Tensor:
@@ -57,7 +57,12 @@ class RotaryCoreAttention(MegatronModule):
 
     def forward(self, query, key, value, attention_mask=None, attn_mask_type=None,
                 attention_bias=None, packed_seq_params=None, **kwargs):
+        if packed_seq_params is not None:
+            return self._packed_forward(query, key, value, packed_seq_params.cu_seqlens_q,
+                                        packed_seq_params.max_seqlen_q)
         seq_len, batch = query.shape[:2]
+        if key.shape[0] != seq_len:  # generation through megatron-core's KV cache (megatron_ext/inference)
+            return self._forward_cached(query, key, value)
         query, key = kernels.apply_rotary(query, key, self.rotary_angles(seq_len),
                                           interleaved=self.config.rotary_interleaved,
                                           impl=self.config.kernel_impl)
@@ -70,6 +75,55 @@ class RotaryCoreAttention(MegatronModule):
                 return out.transpose(0, 1).reshape(seq_len, batch, -1)
             q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, h, s, d]
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.softmax_scale,
+                                                 dropout_p=dropout_p, enable_gqa=q.shape[1] != k.shape[1])
+        return out.permute(2, 0, 1, 3).reshape(seq_len, batch, -1)
+
+    def _forward_cached(self, query, key, value):
+        """Generation (megatron_ext/inference/generate.py) with megatron-core's static KV cache: SelfAttention
+        hands over the newest q_len queries and the keys/values of the whole sequence so far, cached as they
+        left the projection (un-rotated: RoPE lives here). The queries sit at positions kv_len - q_len ..
+        kv_len - 1, so they are rotated from that offset, every key from 0, and each query sees the keys up to
+        its own position (the causal mask aligned at the end, not the start as SDPA's is_causal would).
+        Inference only: no dropout, no gradient; flash-attn is not used on this path."""
+        (q_len, batch), kv_len = query.shape[:2], key.shape[0]
+        offset = kv_len - q_len
+        rotate = dict(interleaved=self.config.rotary_interleaved, impl=self.config.kernel_impl)
+        query, _ = kernels.apply_rotary(query, query, self.rotary_angles(q_len, offset), **rotate)
+        key, _ = kernels.apply_rotary(key, key, self.rotary_angles(kv_len), **rotate)
+        visible = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(diagonal=offset)
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, h, s, d]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=self.softmax_scale,
+                                             enable_gqa=q.shape[1] != k.shape[1])
+        return out.permute(2, 0, 1, 3).reshape(q_len, batch, -1)
+
+    def _packed_forward(self, query, key, value, cu_seqlens, max_seqlen: int):
+        """Packed rows (training/step.py packed_seq_params): segments start at cu_seqlens, counted over the
+        batch's tokens flattened row by row. Each segment is rotated from position 0 and attends only
+        within itself, so a packed conversation computes what it would alone."""
+        seq_len, batch = query.shape[:2]
+        total = seq_len * batch
+        token = torch.arange(total, device=query.device)
+        cu_seqlens = cu_seqlens.to(device=query.device, dtype=torch.long)
+        segment = torch.searchsorted(cu_seqlens[1:], token, right=True)
+        positions = (token - cu_seqlens[segment]).float()
+        flat = [t.transpose(0, 1).reshape(total, 1, *t.shape[2:]) for t in (query, key, value)]  # [b*s, 1, h, d]
+        q, k = kernels.apply_rotary(flat[0], flat[1], torch.outer(positions, self.inv_freq),
+                                    interleaved=self.config.rotary_interleaved, impl=self.config.kernel_impl)
+        q, k = (t.reshape(batch, seq_len, *t.shape[2:]).transpose(0, 1) for t in (q, k))
+        q, k = self.query_key_probe(q, k)
+        dropout_p = self._dropout_p()
+        with self._dropout_rng(dropout_p):
+            if self._use_flash(q):
+                out = flash_attn_varlen_func(
+                    q.transpose(0, 1).reshape(total, *q.shape[2:]), k.transpose(0, 1).reshape(total, *k.shape[2:]),
+                    flat[2].squeeze(1), cu_seqlens.to(torch.int32), cu_seqlens.to(torch.int32), max_seqlen,
+                    max_seqlen, dropout_p=dropout_p, softmax_scale=self.softmax_scale, causal=True)
+                return out.reshape(batch, seq_len, -1).transpose(0, 1)
+            rows = segment.view(batch, seq_len)
+            allowed = (rows[:, :, None] == rows[:, None, :]) & torch.ones(
+                seq_len, seq_len, dtype=torch.bool, device=q.device).tril()
+            q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, value))  # [b, h, s, d]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], scale=self.softmax_scale,
                                                  dropout_p=dropout_p, enable_gqa=q.shape[1] != k.shape[1])
         return out.permute(2, 0, 1, 3).reshape(seq_len, batch, -1)
 

@@ -104,6 +104,18 @@ class TrainLogger:
             self._validation_written.add(state.iteration)
         self._write(scalars, state)
 
+    def tasks(self, state, results: dict | None, seconds: float):
+        """Downstream task scores (evaluation/in_loop.py): one line, and per task the TensorBoard scalars
+        TASK/acc and TASK/acc_norm, with the evaluation's wall time as eval-tasks-seconds."""
+        if not self.writes or not results:
+            return
+        scalars = {f"{name}/{metric}": getattr(result, metric) for name, result in results.items()
+                   for metric in ("acc", "acc_norm")}
+        print(f" downstream tasks at iteration {state.iteration} | "
+              + " | ".join(f"{key}: {value:.4f}" for key, value in scalars.items())
+              + f" | seconds: {seconds:.2f} |", flush=True)
+        self._write({**scalars, "eval-tasks-seconds": seconds}, state)
+
     def _memory(self) -> dict:
         """CUDA: the peak allocated bytes (Megatron-LM's tag); CPU: the process's peak resident set."""
         if self.device.type == "cuda":
