@@ -13,6 +13,13 @@ def add_logging_args(parser: argparse.ArgumentParser) -> None:
                    help="validate every this many iterations, and at the end (default: no validation)")
     g.add_argument("--eval-iters", type=int, default=10,
                    help="validation batches (of --global-batch-size) per evaluation")
+    # Downstream multiple-choice tasks (megatron_ext/evaluation, docs/evaluation.md).
+    g.add_argument("--eval-tasks", nargs="+", default=None, metavar="FILE",
+                   help="multiple-choice task files (JSONL: context, choices, gold; tools/convert_eval_tasks.py "
+                        "writes them) scored at --eval-interval: acc and acc_norm per task, as "
+                        "lm-evaluation-harness computes them")
+    g.add_argument("--eval-tasks-limit", type=int, default=None, metavar="N",
+                   help="score only the first N documents of each --eval-tasks file (default: all)")
     g.add_argument("--peak-tflops", type=float, default=None,
                    help="per-device dense peak TFLOP/s for MFU; known for H100/A100/H200")
     g.add_argument("--log-json", default=None, help="also write each logged iteration as JSON lines here")

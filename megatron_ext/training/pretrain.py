@@ -42,6 +42,7 @@ def _train(config, platform) -> float | None:
     # Imported here so --help and flag errors do not pay for megatron-core's import.
     from megatron_ext.checkpoint.dist import save_checkpoint
     from megatron_ext.data.build import describe_data
+    from megatron_ext.evaluation.in_loop import in_loop_evaluator
     from megatron_ext.models.gpt import count_parameters
     from megatron_ext.training.loop import evaluate, train
     from megatron_ext.training.parallel import is_last_rank
@@ -59,7 +60,12 @@ def _train(config, platform) -> float | None:
               f" ({platform.backend})", flush=True)
         print(describe_data(config.data, logging_), flush=True)
 
+    task_eval = in_loop_evaluator(config)  # --eval-tasks: downstream scores beside the validation loss
+
     def validation_loss():  # the same held-out batches every time, so values compare across a run
+        if task_eval:
+            with timers.phase("evaluate"):
+                logger.tasks(state, task_eval.evaluate(model), task_eval.last_seconds)
         if valid_ds is None:
             return None
         with timers.phase("evaluate"):

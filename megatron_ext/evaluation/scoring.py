@@ -1,0 +1,160 @@
+"""Log-likelihood of (context, continuation) requests with the parallel model, at any TP/PP/DP.
+
+Tokenisation is lm-evaluation-harness's for a causal model (api/model.py _encode_pair, HFLM.tok_encode,
+_loglikelihood_tokens in 0.4.x), so the numbers are the ones the harness computes on the Hugging Face
+export: trailing spaces of the context move to the continuation; the continuation's tokens are those of
+encode(context + continuation) after the len(encode(context)) first ones; encode() adds the special tokens
+the export's tokenizer adds by default (a BOS for LLaMA-style tokenizers, nothing for GPT-2-style ones:
+`harness_prefix`); an empty context becomes the BOS (else EOS) id; a row longer than the model's context
+(max_position_embeddings) keeps its last max_length + 1 tokens.
+
+Each row is the input row[:-1] with labels row[1:]; the continuation's tokens are the last labels. Rows are
+padded at the end to one length per task (the longest row, rounded up to a multiple of TP for sequence
+parallelism; causal attention never looks at the padding) and split over data-parallel ranks in contiguous
+blocks; each rank runs megatron-core's forward-only pipeline schedule once over its micro-batches (one
+forward per micro-batch of rows, not one per choice), the last pipeline stage takes per-token
+log-probabilities as -vocab_parallel_cross_entropy of the vocabulary-masked logits (exact at any TP; μP's
+output multiplier is inside the model), sums each row's continuation in float64, and the sums are
+all-gathered over the data-parallel group.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from megatron_ext.training.step import language_model_logits
+
+
+# ---- tokenisation, as the harness does it ------------------------------------------------------------------
+
+def _base(tokenizer):
+    return getattr(tokenizer, "base", tokenizer)  # SpecialTokensTokenizer wraps the tokenizer it extends
+
+
+def harness_prefix(tokenizer) -> list[int]:
+    """The ids the Hugging Face export's tokenizer puts before a text when encode() is called with its
+    defaults (lm-evaluation-harness's HFLM does, unless told add_bos_token): measured for a Hugging Face
+    tokenizer; a SentencePiece model is exported as LlamaTokenizer, which adds its BOS; ids-as-text
+    (NullTokenizer) none."""
+    base = _base(tokenizer)
+    hf = getattr(base, "_tok", None)
+    if hf is not None:
+        plain, full = hf.encode("a b", add_special_tokens=False), hf.encode("a b")
+        if full[len(full) - len(plain):] != plain:
+            raise ValueError(f"the tokenizer {base.path} adds special tokens after a text by default; the harness's "
+                             "context/continuation split cannot be reproduced with it")
+        return list(full[:len(full) - len(plain)])
+    if type(base).__name__ == "SentencePieceTokenizer" and base.bos >= 0:
+        return [base.bos]
+    return []
+
+
+def prefix_token_id(tokenizer) -> int:
+    """What the harness conditions an empty context on: BOS if the tokenizer has one, else EOS."""
+    return tokenizer.bos if tokenizer.bos >= 0 else tokenizer.eod
+
+
+def encode_request(tokenizer, prefix: list[int], context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) as the harness's loglikelihood() makes them."""
+    if context == "":
+        cont = tokenizer.tokenize(continuation)
+        first = prefix_token_id(tokenizer)
+        return ([first], cont) if not cont or cont[0] != first else (cont[:1], cont[1:])
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = prefix + tokenizer.tokenize(context + continuation)
+    context_ids = prefix + tokenizer.tokenize(context)
+    return whole[:len(context_ids)], whole[len(context_ids):]
+
+
+def encode_requests(tokenizer, requests, max_length: int, where: str = "") -> list[tuple[list[int], int]]:
+    """Per request: (the row's tokens, at most max_length + 1 of them, the last kept; how many of its last
+    tokens are the continuation)."""
+    prefix = harness_prefix(tokenizer)
+    rows = []
+    for i, (context, continuation) in enumerate(requests):
+        ctx, cont = encode_request(tokenizer, prefix, context, continuation)
+        if len(cont) > max_length:
+            raise ValueError(f"{where}request {i}: the continuation has {len(cont)} tokens, more than the model's "
+                             f"context of {max_length}")
+        rows.append(((ctx + cont)[-(max_length + 1):], len(cont)))
+    return rows
+
+
+# ---- batched forward over the parallel model ---------------------------------------------------------------
+
+def _padded_length(rows, multiple: int) -> int:
+    longest = max(len(tokens) - 1 for tokens, _ in rows)
+    return max(multiple, -(-longest // multiple) * multiple)
+
+
+def _micro_batches(rows, length: int, micro_batch_size: int):
+    """Micro-batch dicts of [b, length] tensors: tokens, position ids, labels, and the mask of the
+    continuation's labels (all zero for padding rows)."""
+    for start in range(0, len(rows), micro_batch_size):
+        block = rows[start:start + micro_batch_size]
+        tokens = torch.zeros(len(block), length, dtype=torch.long)
+        labels = torch.zeros(len(block), length, dtype=torch.long)
+        mask = torch.zeros(len(block), length, dtype=torch.float64)
+        for r, row in enumerate(block):
+            if row is None:
+                continue
+            ids, n_cont = row
+            n = len(ids) - 1
+            tokens[r, :n] = torch.tensor(ids[:-1])
+            labels[r, :n] = torch.tensor(ids[1:])
+            mask[r, n - n_cont:n] = 1.0
+        yield {"tokens": tokens, "labels": labels, "mask": mask,
+               "position_ids": torch.arange(length, dtype=torch.long).unsqueeze(0).expand(len(block), -1)}
+
+
+def _row_loglikelihoods(config, true_vocab_size, labels, mask, logits):
+    logits = language_model_logits(logits, config, true_vocab_size)
+    logprobs = -tensor_parallel.vocab_parallel_cross_entropy(logits, labels)
+    sums = (logprobs.double() * mask).sum(dim=1)
+    # The schedule wants a loss and a token count; it only divides and stores them (forward only).
+    return logits.new_zeros(()), torch.ones((), dtype=torch.int, device=logits.device), {"loglikelihoods": sums}
+
+
+def _forward_step(data_iterator, model):
+    unwrapped = model.module
+    device = next(unwrapped.parameters()).device
+    batch = {key: value.to(device) for key, value in next(data_iterator).items()}
+    output = model(batch["tokens"], batch["position_ids"], None)
+    return output, partial(_row_loglikelihoods, unwrapped.config, unwrapped.true_vocab_size, batch["labels"],
+                           batch["mask"])
+
+
+def loglikelihoods(model, rows, micro_batch_size: int) -> np.ndarray | None:
+    """Summed continuation log-probabilities (float64) of `rows` (encode_requests), in order, on the last
+    pipeline stage (None on the others). Every rank of the model's groups calls it with the same rows."""
+    dp_rank = parallel_state.get_data_parallel_rank()
+    dp_size = parallel_state.get_data_parallel_world_size()
+    tp_size = parallel_state.get_tensor_model_parallel_world_size()
+    per_rank = -(-len(rows) // (dp_size * micro_batch_size)) * micro_batch_size
+    padded = list(rows) + [None] * (per_rank * dp_size - len(rows))
+    mine = padded[dp_rank * per_rank:(dp_rank + 1) * per_rank]
+    length = _padded_length(rows, tp_size)
+    iterators = [_micro_batches(mine, length, micro_batch_size) for _ in model]
+    for chunk in model:
+        chunk.eval()
+    with torch.no_grad():
+        outputs = get_forward_backward_func()(
+            forward_step_func=_forward_step, data_iterator=iterators if len(model) > 1 else iterators[0],
+            model=model if len(model) > 1 else model[0], num_microbatches=per_rank // micro_batch_size,
+            seq_length=length, micro_batch_size=micro_batch_size, forward_only=True)
+    for chunk in model:
+        chunk.train()
+    if not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+        return None
+    local = torch.cat([out["loglikelihoods"] for out in outputs])
+    gathered = [torch.empty_like(local) for _ in range(dp_size)]
+    dist.all_gather(gathered, local, group=parallel_state.get_data_parallel_group())
+    return torch.cat(gathered)[:len(rows)].cpu().numpy()
