@@ -395,7 +395,12 @@ class HFChatFormat(ChatFormat):
                                   f"format instead (one of {CHAT_FORMATS[:-1]})")
         self.tokenizer_dir = tokenizer_dir
         self.chat_template = template
-        self.end_of_reply = self._hf.eos_token or ""
+        # As HuggingFaceTokenizer.eod: a bare tokenizer.json (GPT-NeoX's) names no eos but has <|endoftext|>.
+        eos = self._hf.eos_token or ("<|endoftext|>" if "<|endoftext|>" in self._hf.get_vocab() else None)
+        if eos is None:
+            raise ChatFormatError(f"--chat-format hf: the tokenizer in {tokenizer_dir} names no eos_token, so the end "
+                                  "of a reply is unknown; set eos_token in its tokenizer_config.json")
+        self.end_of_reply = eos
         self.special_tokens = ()
         self.has_generation = bool(_GENERATION_TAG.search(template))
         self._with_tokens = {}

@@ -97,9 +97,9 @@ def from_sharegpt(record: dict) -> list[dict]:
 
 
 def from_alpaca(record: dict) -> list[dict]:
+    prompt = _text(record["instruction"], "'instruction'")
     if "output" not in record:
         raise ConversationError(NO_ASSISTANT, "an Alpaca record needs 'output' (the reply) beside 'instruction'")
-    prompt = _text(record["instruction"], "'instruction'")
     extra = record.get("input")
     if extra is not None and _text(extra, "'input'").strip():
         prompt = f"{prompt}\n\n{extra}"
@@ -108,10 +108,11 @@ def from_alpaca(record: dict) -> list[dict]:
 
 
 def from_pair(record: dict) -> list[dict]:
+    prompt = _text(record["prompt"], "'prompt'")
     key = "response" if "response" in record else "completion"
     if key not in record:
         raise ConversationError(NO_ASSISTANT, "a prompt record needs 'response' (or 'completion') beside 'prompt'")
-    return _optional_system(record) + [{"role": "user", "content": _text(record["prompt"], "'prompt'")},
+    return _optional_system(record) + [{"role": "user", "content": prompt},
                                        {"role": "assistant", "content": _text(record[key], f"'{key}'")}]
 
 
