@@ -155,6 +155,8 @@ def validate(messages: list[dict], *, trailing_user: str = "error") -> list[dict
     A final user turn with no reply after it is an error, or with ``trailing_user="drop"`` it is removed
     (ShareGPT dumps often end on an unanswered question). Returns the (possibly shortened) messages."""
     for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ConversationError(UNRECOGNISED, f"message {i} is not an object with 'role' and 'content'")
         if m["role"] not in ROLES:
             raise ConversationError(UNKNOWN_ROLE, f"message {i} has role {m['role']!r}; roles are {ROLES}")
         if not isinstance(m["content"], str):
