@@ -15,8 +15,9 @@ Layouts read (`--layout`, or recognised per row with `auto`):
   (pairs labelled alike are counted as filtered, not as bad).
 
 Rendering: the pair's two sequences are the chat format's rendering of prompt + reply (contract: the
-format's `render`), and the loss mask keeps the final reply's tokens only (its end-of-reply token included),
-so earlier assistant turns of a multi-turn prompt are conditioned on, never scored. The prompt's rendering
+format's `render`), and the loss mask is the format's own (the reply and its end-of-reply token, as SFT
+trains them) restricted to the final reply, so earlier assistant turns of a multi-turn prompt are
+conditioned on, never scored. The prompt's rendering
 (`render_prompt`) must be a prefix of both sequences; a format or tokenizer that merges tokens across the
 boundary is reported, not silently mis-masked.
 
@@ -199,15 +200,19 @@ class RenderedPair:
 
 
 def _render_one(fmt, tokenizer, prompt: list[dict], prompt_ids: list[int], reply: str, which: str):
-    ids, _ = fmt.render(prompt + [{"role": "assistant", "content": reply}], tokenizer)
+    """The format's ids and mask of prompt + reply (the mask SFT trains: the reply and its end-of-reply
+    token), with every position inside the prompt unmasked (earlier assistant turns are context here)."""
+    ids, mask = fmt.render(prompt + [{"role": "assistant", "content": reply}], tokenizer)
     ids = list(ids)
     n = len(prompt_ids)
     if ids[:n] != prompt_ids or len(ids) <= n:
         raise BadRow(f"the {fmt.name} rendering of prompt + {which} does not start with the rendering of the "
                      "prompt alone (the tokenizer merges across the reply boundary?), so the reply's tokens "
                      "cannot be told apart; report this format/tokenizer pair")
-    mask = np.zeros(len(ids), dtype=np.uint8)
-    mask[n:] = 1
+    mask = np.asarray(mask, dtype=np.uint8)
+    mask[:n] = 0
+    if not mask.any():
+        raise BadRow(f"the {which} reply renders to no trained token")
     return np.asarray(ids, dtype=np.int64), mask
 
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from megatron_ext.data.tokenizers import build_tokenizer, resolve_special_tokens
 from megatron_ext.preference.data import (BadRow, FilteredRow, TRUNCATE, messages_for_sft, pair_from_record,
                                           render_pair)
 
@@ -48,22 +47,6 @@ class PreferenceStats:
     seconds: float = 0.0
     problems: list = field(default_factory=list)   # (line, why) of the first bad rows
     filtered_reasons: dict = field(default_factory=dict)
-
-
-def format_tokenizer(fmt, tokenizer_type: str, tokenizer_model: str | None, special_tokens=None,
-                     vocab_pad_to: int | None = None, vocab_size: int | None = None):
-    """(tokenizer, special tokens to record): the user's --special-tokens plus those of the chat format the
-    base vocabulary lacks (added after it, as issue 12 item 3 prescribes; the training run passes the same)."""
-    base = build_tokenizer(tokenizer_type, tokenizer_model, vocab_size)
-    specials = list(resolve_special_tokens(special_tokens))
-    known = base.vocab
-    for token in getattr(fmt, "special_tokens", ()):
-        if token not in specials and token not in known:
-            specials.append(token)
-    if not specials and not vocab_pad_to:
-        return base, []
-    return build_tokenizer(tokenizer_type, tokenizer_model, vocab_size, special_tokens=specials or None,
-                           vocab_pad_to=vocab_pad_to), specials
 
 
 def _lines(path: str):
@@ -114,7 +97,7 @@ def preprocess_preference(input_path: str, output_prefix: str, chat_format: str,
     stats)."""
     from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
-    from megatron_ext.data.chat_formats import get_chat_format
+    from megatron_ext.data.chat_formats import format_tokenizer, get_chat_format
 
     if not os.path.isfile(input_path):
         raise PreferencePreprocessError(f"--input {input_path} not found")
@@ -125,8 +108,8 @@ def preprocess_preference(input_path: str, output_prefix: str, chat_format: str,
         raise PreferencePreprocessError(f"{existing[0]} already exists; nothing is overwritten: remove it or "
                                         "choose another --output-prefix")
     fmt = get_chat_format(chat_format, tokenizer_dir or (tokenizer_model if chat_format == "hf" else None))
-    tokenizer, specials = format_tokenizer(fmt, tokenizer_type, tokenizer_model, special_tokens, vocab_pad_to,
-                                           vocab_size)
+    tokenizer, specials = format_tokenizer(fmt, tokenizer_type, tokenizer_model, vocab_size=vocab_size,
+                                           special_tokens=special_tokens, vocab_pad_to=vocab_pad_to)
     dtype = DType.optimal_dtype(tokenizer.vocab_size)
     os.makedirs(os.path.dirname(os.path.abspath(output_prefix)) or ".", exist_ok=True)
 
@@ -186,8 +169,13 @@ def preprocess_preference(input_path: str, output_prefix: str, chat_format: str,
             builder.finalize(idx_tmp)
         stats.seconds = time.time() - t0
         sidecars = {}
-        common = {"chat_format": fmt.name, "tokenizer_type": tokenizer_type, "tokenizer_model": tokenizer_model,
-                  "special_tokens": specials, "vocab_size": tokenizer.vocab_size, "source": input_path}
+        from megatron_ext.data.chat_formats import token_ids
+
+        # The same record as tools/preprocess_sft.py's, so the trainer, the export and generation read either.
+        common = {"chat_format": fmt.name, "inputs": [os.path.abspath(input_path)], "tokenizer_type": tokenizer_type,
+                  "tokenizer_model": tokenizer_model, "special_tokens": list(specials), "vocab_pad_to": vocab_pad_to,
+                  "vocab_size": tokenizer.vocab_size, "end_of_reply": fmt.end_of_reply,
+                  "end_of_reply_id": token_ids(tokenizer).get(fmt.end_of_reply), "chat_template": fmt.chat_template}
         sidecars[PREFERENCE_SUFFIX] = {
             "kind": "preference", **common, "layout": layout, "seq_length": seq_length, "overlong": overlong,
             "pairs": stats.pairs, "sequences": 2 * stats.pairs, "tokens": stats.tokens, "rows": stats.rows,
