@@ -33,6 +33,17 @@ class MuPConfig:
     width multiplier is then exactly hidden_size / base_hidden_size; computing a base FFN size
     would not even be an integer for Crystal: 10922 / 16). base_head_dim is the proxy's head dim
     when width is scaled through head dim; see attention_width_multiplier.
+
+    Options (all off by default, docs/mup.md "Options"):
+    * base_num_layers: depth-μP. Each residual branch (attention, MLP) is multiplied by
+      1/sqrt(num_layers / base_num_layers) and every parameter inside the layers trains at
+      sqrt(base_num_layers / num_layers) x its LR, so hyperparameters also transfer across depth.
+      Without it the proxy must have the target's depth.
+    * scale_weight_decay: decoupled weight decay whose per-step effect lr x wd does not depend on
+      width: each decayed group's wd is divided by its LR multiplier (hidden matrices: wd x m).
+    * zero_init_query / zero_init_readout: the query projection / the untied output layer start at 0.
+    * scale_adam_eps: Adam's eps divided by the factor by which every gradient shrinks (m, and the
+      branch multiplier's depth factor inside the layers), for every parameter.
     """
 
     hidden_size: int
@@ -49,17 +60,22 @@ class MuPConfig:
     output_alpha: float = 1.0
     scale_qk_dot_by_d: bool = True
     scale_adam_eps: bool = False
+    base_num_layers: Optional[int] = None
+    scale_weight_decay: bool = False
+    zero_init_query: bool = False
+    zero_init_readout: bool = False
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "base_hidden_size", "num_layers", "ffn_hidden_size",
                      "num_attention_heads", "head_dim"):
             _check_positive_int(name, getattr(self, name))
-        for name in ("base_ffn_hidden_size", "base_num_attention_heads", "base_head_dim"):
+        for name in ("base_ffn_hidden_size", "base_num_attention_heads", "base_head_dim", "base_num_layers"):
             if getattr(self, name) is not None:
                 _check_positive_int(name, getattr(self, name))
         for name in ("base_init_std", "embeddings_scale", "output_alpha"):
             _check_positive_float(name, getattr(self, name))
-        for name in ("scale_qk_dot_by_d", "scale_adam_eps"):
+        for name in ("scale_qk_dot_by_d", "scale_adam_eps", "scale_weight_decay", "zero_init_query",
+                     "zero_init_readout"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"MuPConfig.{name} must be a bool, got {getattr(self, name)!r}")
 
@@ -97,6 +113,16 @@ class MuPConfig:
         base_heads = self.base_num_attention_heads or self.num_attention_heads
         base_head_dim = self.base_head_dim or self.head_dim
         return (self.num_attention_heads * self.head_dim) / (base_heads * base_head_dim)
+
+    @property
+    def depth_multiplier(self) -> float:
+        """num_layers / base_num_layers with depth-μP; 1 without (no depth scaling at all)."""
+        return 1.0 if self.base_num_layers is None else self.num_layers / self.base_num_layers
+
+    @property
+    def residual_branch_multiplier(self) -> float:
+        """Depth-μP's 1/sqrt(L / L_base) on each residual branch's output (1 without depth-μP)."""
+        return 1.0 / math.sqrt(self.depth_multiplier)
 
     # ---- constructors --------------------------------------------------------------------
 

@@ -179,7 +179,7 @@ def growing_modules(results: Results, window: Optional[int] = None,
             for param, slopes in module_slopes(results, window=window).items()}
 
 
-def _plot(results: Results, path: str, steps_to_plot: List[int]) -> None:
+def _plot(results: Results, path: str, steps_to_plot: List[int], axis: str = "width") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -199,7 +199,7 @@ def _plot(results: Results, path: str, steps_to_plot: List[int]) -> None:
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_title(f"{param}  step {step}", fontsize=9)
-            ax.set_xlabel("width", fontsize=8)
+            ax.set_xlabel(axis, fontsize=8)
             if col == 0:
                 ax.set_ylabel("mean |activation|", fontsize=8)
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -213,10 +213,12 @@ def _plot(results: Results, path: str, steps_to_plot: List[int]) -> None:
     plt.close(fig)
 
 
-def write_outputs(results: Results, out_dir: str, max_panels: int = 6) -> Dict[str, str]:
+def write_outputs(results: Results, out_dir: str, max_panels: int = 6, axis: str = "width") -> Dict[str, str]:
     """Write coord.json (raw numbers + slopes), coord.csv (long format) and coord.png (rows:
     parametrizations, columns: steps, curves: modules vs width on log-log axes). Returns the
-    paths written; the png is skipped (with a `png_skipped` reason) if matplotlib is missing."""
+    paths written; the png is skipped (with a `png_skipped` reason) if matplotlib is missing.
+    `axis` names what the results are keyed by ("width", or "depth" for the depth check): the csv
+    column and the plot's x label."""
     os.makedirs(out_dir, exist_ok=True)
     num_steps = min(len(v) for by_w in results.values() for c in by_w.values() for v in c.values())
     step_ids = list(range(num_steps))
@@ -232,7 +234,7 @@ def write_outputs(results: Results, out_dir: str, max_panels: int = 6) -> Dict[s
                    "growing_modules": growing_modules(results)}, f, indent=1)
     with open(paths["csv"], "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["parametrization", "width", "module", "step", "mean_abs"])
+        writer.writerow(["parametrization", axis, "module", "step", "mean_abs"])
         for param, by_width in results.items():
             for width in sorted(by_width, key=int):
                 for module, values in by_width[width].items():
@@ -244,5 +246,5 @@ def write_outputs(results: Results, out_dir: str, max_panels: int = 6) -> Dict[s
         paths["png_skipped"] = "matplotlib is not installed"
         return paths
     paths["png"] = os.path.join(out_dir, "coord.png")
-    _plot(results, paths["png"], step_ids)
+    _plot(results, paths["png"], step_ids, axis)
     return paths

@@ -34,16 +34,16 @@ def no_weight_decay_cond(name: str, param: torch.nn.Parameter = None) -> bool:
     return classify(name) in (ParamClass.BIAS, ParamClass.NORM)
 
 
-def _group_signature(rules: Rules, name: str) -> Tuple[float, float, bool]:
-    """(lr multiplier, eps multiplier, weight decay applies): parameters with equal signatures
-    share one optimizer group."""
+def _group_signature(rules: Rules, name: str) -> Tuple[float, float, float]:
+    """(lr multiplier, eps multiplier, weight decay multiplier; 0: not decayed): parameters with equal
+    signatures share one optimizer group."""
     return (rules.lr_multiplier(name), rules.adam_eps_multiplier(name),
-            rules.weight_decay_applies(name))
+            rules.weight_decay_multiplier(name))
 
 
 def _signature_override(signature, lr: float, min_lr: float, adam_eps: float) -> dict:
     """The ParamGroupOverride for one signature; empty if it equals the defaults."""
-    lr_mult, eps_mult, decay = signature
+    lr_mult, eps_mult, wd_mult = signature
     override = {}
     if lr_mult != 1.0:
         override["max_lr"] = lr * lr_mult
@@ -55,8 +55,8 @@ def _signature_override(signature, lr: float, min_lr: float, adam_eps: float) ->
         override["lr_mult"] = lr_mult
     if eps_mult != 1.0:
         override["eps"] = adam_eps * eps_mult  # torch AdamW and TE/apex FusedAdam read group eps
-    if not decay:
-        override["wd_mult"] = 0.0
+    if wd_mult != 1.0:
+        override["wd_mult"] = wd_mult  # the scheduler sets weight_decay = wd x wd_mult every step
     return override
 
 
@@ -67,15 +67,20 @@ def warmup_init_lr(param_group: dict, init_lr: float) -> float:
     return init_lr * param_group.get("lr_mult", 1.0)
 
 
-def _signatures(rules: Rules) -> List[Tuple[float, float, bool]]:
+# One name per (class, inside a layer or not) the rules can tell apart.
+PROBE_NAMES = (
+    "embedding.word_embeddings.weight", "output_layer.weight",
+    "decoder.layers.0.self_attention.linear_qkv.weight",
+    "decoder.layers.0.self_attention.linear_proj.weight",
+    "decoder.layers.0.mlp.linear_fc1.weight", "decoder.layers.0.mlp.linear_fc2.weight",
+    "decoder.layers.0.mlp.linear_fc2.bias", "decoder.layers.0.input_layernorm.weight",
+    "decoder.final_layernorm.weight", "decoder.final_layernorm.bias",
+)
+
+
+def _signatures(rules: Rules) -> List[Tuple[float, float, float]]:
     """Every distinct signature the rules can produce, probed with representative names."""
-    probe_names = [
-        "embedding.word_embeddings.weight", "output_layer.weight",
-        "decoder.layers.0.self_attention.linear_qkv.weight",
-        "decoder.layers.0.self_attention.linear_proj.weight",
-        "decoder.layers.0.mlp.linear_fc1.weight", "decoder.layers.0.mlp.linear_fc2.weight",
-        "decoder.layers.0.mlp.linear_fc2.bias", "decoder.final_layernorm.weight",
-    ]
+    probe_names = PROBE_NAMES
     sigs = []
     for name in probe_names:
         sig = _group_signature(rules, name)
@@ -89,7 +94,7 @@ def mup_config_overrides(rules: Rules, optimizer_config) -> Dict:
 
     Keys are `ParamKey`s whose name-predicate classifies each (DDP-prefixed) parameter name;
     values set max_lr/min_lr (x LR multiplier), eps (x eps multiplier, only with
-    scale_adam_eps) and wd_mult=0 for biases and norms. Passing these REPLACES megatron's
+    scale_adam_eps) and wd_mult (0 for biases and norms; 1 / LR multiplier with scale_weight_decay). Passing these REPLACES megatron's
     default overrides (its own bias/1-D no-decay rule), which the BIAS/NORM entry restates.
     `optimizer_config` supplies lr, min_lr and adam_eps; decoupled_lr is rejected because μP
     already fixes the embedding / output LR.
@@ -120,16 +125,17 @@ def mup_config_overrides(rules: Rules, optimizer_config) -> Dict:
 
 def torch_param_groups(named_params: Iterable[Tuple[str, torch.nn.Parameter]], rules: Rules,
                        lr: float, weight_decay: float = 0.0, eps: float = 1e-8) -> List[dict]:
-    """Plain-torch AdamW param groups (lr x multiplier, eps x multiplier, wd 0 on biases/norms),
+    """Plain-torch AdamW param groups (lr x multiplier, eps x multiplier, wd x its multiplier: 0 on
+    biases/norms),
     for models trained outside megatron (e.g. the coordinate-check test model)."""
-    groups: Dict[Tuple[float, float, bool], dict] = {}
+    groups: Dict[Tuple[float, float, float], dict] = {}
     for name, param in named_params:
         if not param.requires_grad:
             continue
         sig = _group_signature(rules, name)
         if sig not in groups:
-            lr_mult, eps_mult, decay = sig
+            lr_mult, eps_mult, wd_mult = sig
             groups[sig] = {"params": [], "lr": lr * lr_mult, "eps": eps * eps_mult,
-                           "weight_decay": weight_decay if decay else 0.0, "lr_mult": lr_mult}
+                           "weight_decay": weight_decay * wd_mult, "lr_mult": lr_mult}
         groups[sig]["params"].append(param)
     return list(groups.values())

@@ -8,18 +8,23 @@ interface so a caller can switch parametrization by swapping a single object:
 μP flavour: Tensor Programs V's μP for Adam written in the multiplier form Cerebras-GPT and
 LLM360 Crystal use (see docs/mup.md):
 
-    class         init std (trunc. normal +-2 sigma)   Adam LR mult   eps mult*   weight decay
-    EMBEDDING     sigma_base                           1              1           yes
-    HIDDEN        sigma_base / sqrt(m)                 1/m            1/m         yes
-    RESIDUAL_OUT  sigma_base / sqrt(2 m L)             1/m            1/m         yes
-    OUTPUT        sigma_base (same as a tied head)     1              1           yes
-    BIAS          zeros                                1              1           no
-    NORM          ones                                 1              1           no
-    (* only with scale_adam_eps)
+    class         init std (trunc. normal +-2 sigma)   Adam LR mult   weight decay (wd mult*)
+    EMBEDDING     sigma_base                           1              yes (1)
+    HIDDEN        sigma_base / sqrt(m)                 1/m            yes (m)
+    RESIDUAL_OUT  sigma_base / sqrt(2 m L)             1/m            yes (m)
+    OUTPUT        sigma_base (same as a tied head)     1              yes (1)
+    BIAS          zeros                                1              no
+    NORM          ones                                 1              no
+    (* only with scale_weight_decay: wd / LR multiplier, so lr x wd is width-independent)
 
 with forward multipliers: embeddings x embeddings_scale, logits x output_alpha/m, attention
 scores x 1/head_dim. m is the fan-in ratio of the matrix: hidden/base_hidden for QKV and MLP
-up (fan-in = hidden), the FFN ratio for linear_fc2, the head-count ratio for linear_proj.
+up (fan-in = hidden), the FFN ratio for linear_fc2, the heads x head_dim ratio for linear_proj.
+With scale_adam_eps every parameter's eps is divided by m (every gradient shrinks ~1/m in this
+form: the output multiplier alpha/m scales the whole backward pass). Depth-μP (base_num_layers):
+residual branches x 1/sqrt(L/L_base), and every parameter inside the layers gets LR (and, with
+scale_adam_eps, eps) x sqrt(L_base/L); RESIDUAL_OUT's init uses L_base for L, so the model at
+initialisation is the same as without depth-μP.
 """
 
 from __future__ import annotations
@@ -66,6 +71,9 @@ def classify(name: str) -> ParamClass:
         "linear_qkv/linear_fc1.weight (hidden), linear_proj/linear_fc2.weight (residual out)")
 
 
+_IN_LAYER = re.compile(r"(^|\.)layers\.\d+\.")
+
+
 def _is_attention_out(name: str) -> bool:
     return re.search(r"(^|\.)linear_proj\.weight\d*$", name) is not None
 
@@ -101,6 +109,13 @@ class _Rules:
     def expected_fan_in(self, name_or_class: NameOrClass) -> Optional[int]:
         """Global fan-in a full tensor must have (None: not checked)."""
         return None
+
+    def weight_decay_multiplier(self, name_or_class: NameOrClass) -> float:
+        """Factor on the weight decay of a decayed parameter (0 for the undecayed)."""
+        return 1.0 if self.weight_decay_applies(name_or_class) else 0.0
+
+    residual_branch_multiplier = 1.0  # depth-μP's 1/sqrt(L / L_base) on each residual branch
+    zero_init_query = False           # the query rows of linear_qkv start at 0
 
 
 class StandardRules(_Rules):
@@ -175,10 +190,42 @@ class MuPRules(_Rules):
             return cfg.ffn_width_multiplier
         return 1.0
 
+    def depth_lr_multiplier(self, name_or_class: NameOrClass) -> float:
+        """Depth-μP: sqrt(L_base / L) for every parameter inside the transformer layers (their updates reach
+        the residual stream through the 1/sqrt(L / L_base) branch multiplier, L branches add up), 1 for the
+        embedding, the output layer and the final norm. 1 without depth-μP."""
+        cfg = self.cfg
+        if cfg.base_num_layers is None:
+            return 1.0
+        cls = self.param_class(name_or_class)
+        if isinstance(name_or_class, str):
+            inside = _IN_LAYER.search(name_or_class) is not None
+        elif cls in (ParamClass.HIDDEN, ParamClass.RESIDUAL_OUT):
+            inside = True
+        elif cls in (ParamClass.EMBEDDING, ParamClass.OUTPUT):
+            inside = False
+        else:
+            raise ValueError(f"depth-μP: a bare {cls} may be inside a layer or not (the final norm): "
+                             "pass the parameter name")
+        return math.sqrt(1.0 / cfg.depth_multiplier) if inside else 1.0
+
+    @property
+    def residual_branch_multiplier(self) -> float:
+        return self.cfg.residual_branch_multiplier
+
+    @property
+    def zero_init_query(self) -> bool:
+        return self.cfg.zero_init_query
+
+    def init_fill(self, name_or_class: NameOrClass) -> Optional[float]:
+        if self.cfg.zero_init_readout and self.param_class(name_or_class) is ParamClass.OUTPUT:
+            return 0.0  # an untied head only: a tied one is named (and initialised as) the embedding
+        return super().init_fill(name_or_class)
+
     def init_std(self, name_or_class: NameOrClass) -> float:
         cls = self.param_class(name_or_class)
         sigma = self.cfg.base_init_std
-        if cls in (ParamClass.BIAS, ParamClass.NORM):
+        if cls in (ParamClass.BIAS, ParamClass.NORM) or self.init_fill(name_or_class) is not None:
             return 0.0
         if cls in (ParamClass.EMBEDDING, ParamClass.OUTPUT):
             # Fan-in is the vocabulary (finite), so the init does not depend on width; the head's
@@ -188,24 +235,44 @@ class MuPRules(_Rules):
         if cls is ParamClass.HIDDEN:
             return sigma / math.sqrt(m)
         # RESIDUAL_OUT: 1/sqrt(m) for fan-in, 1/sqrt(2L) because 2L such outputs are summed
-        # into the residual stream (GPT-2 style depth scaling).
-        return sigma / math.sqrt(2.0 * m * self.cfg.num_layers)
+        # into the residual stream (GPT-2 style depth scaling). With depth-μP the branch multiplier
+        # 1/sqrt(L/L_base) supplies the depth part beyond L_base: the same model at initialisation.
+        layers = self.cfg.base_num_layers or self.cfg.num_layers
+        return sigma / math.sqrt(2.0 * m * layers)
 
     def lr_multiplier(self, name_or_class: NameOrClass) -> float:
         """Adam LR multiplier: 1/m for hidden and residual-out matrices. Adam normalises the
         gradient, so an O(1) per-entry step on a fan-in-m matrix would grow its output ~m."""
         cls = self.param_class(name_or_class)
+        depth = self.depth_lr_multiplier(name_or_class)
         if cls in (ParamClass.HIDDEN, ParamClass.RESIDUAL_OUT):
-            return 1.0 / self.fan_in_multiplier(name_or_class)
-        return 1.0
+            return depth / self.fan_in_multiplier(name_or_class)
+        return depth
 
     def adam_eps_multiplier(self, name_or_class: NameOrClass) -> float:
-        """eps/m on hidden matrices when scale_adam_eps: their gradient entries shrink ~1/m, so
-        a fixed eps would grow relative to sqrt(v) and make wide models more SGD-like."""
-        cls = self.param_class(name_or_class)
-        if self.cfg.scale_adam_eps and cls in (ParamClass.HIDDEN, ParamClass.RESIDUAL_OUT):
-            return 1.0 / self.fan_in_multiplier(name_or_class)
-        return 1.0
+        """With scale_adam_eps: 1/m for EVERY parameter, times the depth-μP factor inside the layers.
+
+        eps should shrink as the gradient does, or a fixed eps takes up more of Adam's denominator
+        sqrt(v) + eps as the model widens (more SGD-like). In this multiplier form the output
+        multiplier alpha/m scales the whole backward pass, so every gradient entry shrinks ~1/m: the
+        embedding's, the head's, the norms' and biases' as much as the hidden matrices' (measured in
+        tests/mup/test_mup_options.py). Inside the layers the branch multiplier scales the gradients
+        by 1/sqrt(L/L_base) too. Scaling only some classes would leave the others drifting."""
+        if not self.cfg.scale_adam_eps:
+            self.param_class(name_or_class)
+            return 1.0
+        return self.depth_lr_multiplier(name_or_class) / self.cfg.width_multiplier
+
+    def weight_decay_multiplier(self, name_or_class: NameOrClass) -> float:
+        """With scale_weight_decay, 1 / the LR multiplier for every decayed parameter (hidden matrices:
+        x m): decoupled decay shrinks a weight by lr_group x wd per step, which then equals the base
+        model's lr x wd at every width, as in the `mup` package's MuAdamW. Without it, 1: hidden matrices
+        decay 1/m as fast per step as at the base width (Crystal and Cerebras did this)."""
+        if not self.weight_decay_applies(name_or_class):
+            return 0.0
+        if not self.cfg.scale_weight_decay:
+            return 1.0
+        return 1.0 / self.lr_multiplier(name_or_class)
 
     @property
     def embedding_multiplier(self) -> float:

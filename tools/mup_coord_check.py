@@ -14,6 +14,11 @@ modules whose activation grows with width; exits with status 1 when μP has any.
 
 --vary heads (the default) widens the model through the number of heads, --vary head-dim through
 the head dim, which is the only way to see whether the attention scale is right (μP: 1/head_dim).
+--vary depth is the coordinate check over depth: width fixed at --base-width, --depths layers, μP
+without depth scaling ("mup") against depth-μP ("depth-mup", --mup-base-num-layers --base-depth);
+it exits 1 when depth-μP has a module that grows with depth.
+
+    python tools/mup_coord_check.py --vary depth --out /tmp/depth
 --preset tiny-crystal checks μP with Crystal's multipliers and init (embeddings x14.6, logits
 x2.22/m, sigma_base 0.073, 1/head_dim), LayerNorm, biases and tied embeddings.
 
@@ -35,12 +40,16 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--widths", default=",".join(map(str, d.widths)), help="comma-separated hidden sizes")
-    p.add_argument("--parametrizations", default="sp,mup", help="comma-separated: sp, mup")
+    p.add_argument("--parametrizations", default=None,
+                   help="comma-separated: sp, mup (default), or with --vary depth: mup, depth-mup (default)")
     p.add_argument("--preset", choices=["tiny", "tiny-crystal", "tiny-dclm"], default=d.preset,
                    help="model (tiny-crystal: μP only, with Crystal's multipliers; tiny-dclm: DCLM's gain-only "
                         "LayerNorm and full-width query/key norm)")
-    p.add_argument("--vary", choices=["heads", "head-dim"], default=d.vary.replace("_", "-"),
-                   help="grow width through the number of heads (head dim fixed) or the head dim (heads fixed)")
+    p.add_argument("--vary", choices=["heads", "head-dim", "depth"], default=d.vary.replace("_", "-"),
+                   help="grow width through the number of heads (head dim fixed) or the head dim (heads fixed), "
+                        "or grow depth at the base width")
+    p.add_argument("--depths", default=",".join(map(str, d.depths)), help="--vary depth: comma-separated layer counts")
+    p.add_argument("--base-depth", type=int, default=d.base_depth, help="--vary depth: depth-μP's base number of layers")
     p.add_argument("--base-width", type=int, default=d.base_width, help="μP base hidden size")
     p.add_argument("--num-layers", type=int, default=d.num_layers)
     p.add_argument("--head-dim", type=int, default=d.head_dim, help="--vary heads: heads = width / head_dim")
@@ -75,30 +84,38 @@ def main(argv=None) -> dict:
                   preset=opts.preset, num_layers=opts.num_layers, ffn_ratio=opts.ffn_ratio,
                   seq_length=opts.seq_length, micro_batch_size=opts.micro_batch_size,
                   num_microbatches=opts.num_microbatches, vocab_size=opts.vocab_size, steps=opts.steps,
-                  lr=opts.lr, init_std=init_std, adam_eps=opts.adam_eps, seed=opts.seed)
+                  lr=opts.lr, init_std=init_std, adam_eps=opts.adam_eps, seed=opts.seed,
+                  depths=tuple(int(x) for x in opts.depths.split(",")), base_depth=opts.base_depth)
+    by_depth = setup.vary == "depth"
+    params = opts.parametrizations or ("mup,depth-mup" if by_depth else "sp,mup")
     platform = init_distributed(opts.device)
-    shape = f"head_dim {setup.head_dim}" if setup.vary == "heads" else f"{setup.num_heads} heads"
-    print(f"coordinate check ({setup.preset}): widths {list(setup.widths)} through {setup.vary} ({shape}), "
-          f"{setup.num_layers} layers, {setup.steps} steps at lr {setup.lr}, μP base width {setup.base_width}",
-          flush=True)
-    results = run(setup, tuple(opts.parametrizations.split(",")), platform.device,
-                  progress=lambda line: print(line, flush=True))
-    paths = write_outputs(results, opts.out)
+    if by_depth:
+        print(f"coordinate check over depth ({setup.preset}): depths {list(setup.depths)} at width {setup.base_width} "
+              f"(head_dim {setup.head_dim}), {setup.steps} steps at lr {setup.lr}, depth-μP base depth "
+              f"{setup.base_depth}", flush=True)
+    else:
+        shape = f"head_dim {setup.head_dim}" if setup.vary == "heads" else f"{setup.num_heads} heads"
+        print(f"coordinate check ({setup.preset}): widths {list(setup.widths)} through {setup.vary} ({shape}), "
+              f"{setup.num_layers} layers, {setup.steps} steps at lr {setup.lr}, μP base width {setup.base_width}",
+              flush=True)
+    results = run(setup, tuple(params.split(",")), platform.device, progress=lambda line: print(line, flush=True))
+    paths = write_outputs(results, opts.out, axis="depth" if by_depth else "width")
 
     window = max(1, setup.steps // 2)  # the verdict's: slopes of the activations averaged over the last half
     per_module, growing = module_slopes(results, window=window), growing_modules(results, window=window)
     slopes = {p: sum(s.values()) / len(s) for p, s in per_module.items()}
     modules = sorted(next(iter(per_module.values())))
-    print(f"\nlog-log slope of mean |activation| (over the last {window} steps) vs width (0 = width-independent):")
+    axis = "depth" if by_depth else "width"
+    print(f"\nlog-log slope of mean |activation| (over the last {window} steps) vs {axis} (0 = {axis}-independent):")
     print(f"  {'module':<48}" + "".join(f"{p:>9}" for p in per_module))
     for module in modules:
         print(f"  {module:<48}" + "".join(f"{per_module[p].get(module, float('nan')):9.3f}" for p in per_module))
     print(f"  {'mean':<48}" + "".join(f"{slopes[p]:9.3f}" for p in per_module))
     for param, modules_growing in growing.items():
         verdict = ", ".join(sorted(modules_growing)) if modules_growing else "none"
-        print(f"{param}: activations growing with width: {verdict}")
+        print(f"{param}: activations growing with {axis}: {verdict}")
     print("wrote " + ", ".join(v for k, v in paths.items() if k != "png_skipped"), flush=True)
-    if growing.get("mup"):
+    if growing.get("depth-mup" if by_depth else "mup"):
         sys.exit(1)
     return slopes
 

@@ -26,3 +26,14 @@ def add_mup_args(parser: argparse.ArgumentParser) -> None:
                    help="μP initialisation std at the base width")
     g.add_argument("--mup-scale-adam-eps", action="store_true", default=None,
                    help="μP: scale Adam's epsilon with the width")
+    g.add_argument("--mup-scale-weight-decay", action="store_true", default=None,
+                   help="μP: divide each decayed group's weight decay by its LR multiplier (hidden matrices: wd x m), "
+                        "so the decoupled decay per step, lr x wd, does not depend on width (docs/mup.md)")
+    g.add_argument("--mup-base-num-layers", type=int,
+                   help="depth-μP: the proxy's depth; residual branches are multiplied by 1/sqrt(layers / this) "
+                        "and the layers' LRs by sqrt(this / layers). Without it, tune on a proxy of the target's "
+                        "depth (docs/mup.md)")
+    g.add_argument("--mup-zero-init-query", action="store_true", default=None,
+                   help="μP: initialise the query projection (the q rows of linear_qkv) to zero")
+    g.add_argument("--mup-zero-init-readout", action="store_true", default=None,
+                   help="μP: initialise the (untied) output layer to zero")

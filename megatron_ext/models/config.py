@@ -23,6 +23,7 @@ class LlamaConfig(TransformerConfig):
     qk_norm: str | None = None              # None | "head" | "full": layers/qk_norm.py
     embedding_multiplier: float = 1.0       # μP: scales the embedding output
     logits_multiplier: float = 1.0          # μP: alpha_out / m, applied to the output layer's logits
+    residual_branch_multiplier: float = 1.0  # depth-μP: 1/sqrt(L / L_base) on attention and MLP outputs
 
 
 def params_dtype(compute) -> torch.dtype:
@@ -86,6 +87,7 @@ def transformer_config(run, on_cpu: bool, mup_multipliers: dict | None = None) -
         rotary_base=identity.rotary_base,
         embedding_multiplier=mup_multipliers.get("embedding", 1.0),
         logits_multiplier=mup_multipliers.get("logits", 1.0),
+        residual_branch_multiplier=mup_multipliers.get("residual_branch", 1.0),
         # Frees a stage's output once sent. gloo sends asynchronously from the tensor's storage, so
         # freeing it early corrupts later micro-batches on CPU; NCCL's stream ordering makes it safe.
         deallocate_pipeline_outputs=not on_cpu,

@@ -64,6 +64,10 @@ class ModelIdentity:
     mup_scale_qk_dot_by_d: bool = False
     mup_base_init_std: float | None = None     # None: init_method_std
     mup_scale_adam_eps: bool = False
+    mup_scale_weight_decay: bool = False       # decoupled decay with lr x wd independent of width
+    mup_base_num_layers: int | None = None     # depth-μP: residual branches x 1/sqrt(layers / this)
+    mup_zero_init_query: bool = False
+    mup_zero_init_readout: bool = False
 
     def __post_init__(self):
         # Resolve the "None: derived" fields, so two descriptions of one model compare equal field by field.
@@ -95,6 +99,9 @@ class ModelIdentity:
                                 "must give an even whole number of channels")
         if self.use_mup and not (self.mup_base_hidden_size or self.mup_width_scale):
             raise IdentityError("--use-mup needs --mup-base-hidden-size or --mup-width-scale")
+        if self.use_mup and self.mup_zero_init_readout and self.tie_embeddings:
+            raise IdentityError("--mup-zero-init-readout with tied embeddings would zero the input embedding too: "
+                                "add --untie-embeddings-and-output-weights or drop --mup-zero-init-readout")
 
     # ---- derived sizes ----------------------------------------------------------------------
 
@@ -146,6 +153,13 @@ class ModelIdentity:
     @property
     def attention_scores_by_d(self) -> bool:
         return self.use_mup and self.mup_scale_qk_dot_by_d
+
+    @property
+    def residual_branch_multiplier(self) -> float:
+        """Depth-μP's 1/sqrt(layers / base layers) on each attention and MLP output; 1.0 without it."""
+        if not (self.use_mup and self.mup_base_num_layers):
+            return 1.0
+        return math.sqrt(self.mup_base_num_layers / self.num_layers)
 
     # ---- flags ------------------------------------------------------------------------------
 

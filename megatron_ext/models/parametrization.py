@@ -16,18 +16,37 @@ from mup.optimizer import mup_config_overrides
 
 
 class Parametrization:
-    def __init__(self, rules, head_dim: int):
+    def __init__(self, rules, head_dim: int, num_attention_heads: int | None = None,
+                 num_query_groups: int | None = None):
         self.rules = rules
+        self.head_dim = head_dim
+        self.num_attention_heads, self.num_query_groups = num_attention_heads, num_query_groups
         self.multipliers = {"embedding": rules.embedding_multiplier, "logits": rules.output_multiplier,
-                            "softmax_scale": rules.softmax_scale(head_dim)}
+                            "softmax_scale": rules.softmax_scale(head_dim),
+                            "residual_branch": rules.residual_branch_multiplier}
 
     def sample(self, name: str, shape, generator, device) -> torch.Tensor:
         """The full (unsharded) fp32 tensor for parameter `name`, from `generator` alone."""
-        return init_(torch.empty(shape, device=device), name, self.rules, generator)
+        full = init_(torch.empty(shape, device=device), name, self.rules, generator)
+        if self.rules.zero_init_query and _QKV_WEIGHT.search(name):
+            full[query_rows(self.num_attention_heads, self.num_query_groups, self.head_dim)] = 0.0
+        return full
 
     def optimizer_overrides(self, optimizer_config):
         """megatron-core config_overrides: per-class LR (μP 1/m), no weight decay on biases/gains."""
         return mup_config_overrides(self.rules, optimizer_config)
+
+
+_QKV_WEIGHT = re.compile(r"(^|\.)linear_qkv\.weight$")
+
+
+def query_rows(num_heads: int, num_query_groups: int, head_dim: int) -> torch.Tensor:
+    """Row indices of the queries in megatron-core's fused linear_qkv weight, whose rows are grouped by
+    key/value group: [the group's heads_per_group query heads, its key head, its value head] x groups
+    (SelfAttention.get_query_key_value_tensors splits them so)."""
+    per_group = num_heads // num_query_groups
+    block = (per_group + 2) * head_dim
+    return torch.cat([torch.arange(g * block, g * block + per_group * head_dim) for g in range(num_query_groups)])
 
 
 def mup_config(identity) -> MuPConfig:
@@ -38,7 +57,9 @@ def mup_config(identity) -> MuPConfig:
                   base_head_dim=identity.mup_base_head_dim,
                   base_init_std=identity.mup_base_init_std or identity.init_method_std,
                   embeddings_scale=identity.mup_embeddings_scale, output_alpha=identity.mup_output_alpha,
-                  scale_qk_dot_by_d=identity.mup_scale_qk_dot_by_d, scale_adam_eps=identity.mup_scale_adam_eps)
+                  scale_qk_dot_by_d=identity.mup_scale_qk_dot_by_d, scale_adam_eps=identity.mup_scale_adam_eps,
+                  scale_weight_decay=identity.mup_scale_weight_decay, base_num_layers=identity.mup_base_num_layers,
+                  zero_init_query=identity.mup_zero_init_query, zero_init_readout=identity.mup_zero_init_readout)
     if identity.mup_base_hidden_size:
         return MuPConfig(hidden_size=identity.hidden_size, base_hidden_size=identity.mup_base_hidden_size, **shapes)
     return MuPConfig.from_width_scale(identity.mup_width_scale, identity.hidden_size, **shapes)
@@ -83,4 +104,4 @@ def build_parametrization(identity) -> Parametrization:
             rules = StandardRules(identity.init_method_std, identity.num_layers)
     except ValueError as exc:
         raise SystemExit(f"error: μP flags: {exc}") from exc
-    return Parametrization(rules, identity.kv_channels)
+    return Parametrization(rules, identity.kv_channels, identity.num_attention_heads, identity.num_query_groups)

@@ -1,7 +1,7 @@
 """The layer specification: megatron-core's TransformerLayer with this project's norm, rotary
 attention and SwiGLU MLP. Swap a part by naming another class here, not by forking the model."""
 
-from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.tensor_parallel import ColumnParallelLinear
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
@@ -14,6 +14,7 @@ from megatron.core.transformer.transformer_block import (TransformerBlock, Trans
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
 from megatron_ext.layers import Norm, RotaryCoreAttention, SwiGLUMLP
+from megatron_ext.layers.branch_scale import BranchScaledRowParallelLinear
 from megatron_ext.layers.qk_norm import FullWidthKeyNorm, FullWidthQueryNorm
 
 # ModelIdentity.qk_norm -> the (query, key) norm modules megatron-core's attention applies after the head split.
@@ -32,7 +33,7 @@ def llama_layer_spec(norm=Norm, core_attention=RotaryCoreAttention, mlp=SwiGLUML
                 submodules=SelfAttentionSubmodules(
                     linear_qkv=ColumnParallelLinear,
                     core_attention=core_attention,
-                    linear_proj=RowParallelLinear,
+                    linear_proj=BranchScaledRowParallelLinear,  # depth-μP's branch multiplier (x1 without)
                     q_layernorm=q_norm,
                     k_layernorm=k_norm,
                 ),
@@ -40,7 +41,7 @@ def llama_layer_spec(norm=Norm, core_attention=RotaryCoreAttention, mlp=SwiGLUML
             self_attn_bda=get_bias_dropout_add,
             pre_mlp_layernorm=norm,
             mlp=ModuleSpec(module=mlp, submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear,
-                                                                 linear_fc2=RowParallelLinear)),
+                                                                 linear_fc2=BranchScaledRowParallelLinear)),
             mlp_bda=get_bias_dropout_add,
         ),
     )

@@ -9,6 +9,11 @@ the activations it measures do not depend on the layout.
 Width grows either through the number of heads (head dim fixed) or through the head dim (heads
 fixed). Only the second shows whether the attention scale is right: μP's 1/head_dim keeps the
 attention logits flat as q and k align during training, 1/sqrt(head_dim) lets them grow.
+
+`vary="depth"` is the coordinate check over depth: width fixed at the μP base width (so width-μP is
+the identity), the number of layers grows, under μP without depth scaling ("mup") and with depth-μP
+("depth-mup": --mup-base-num-layers base_depth). The results are keyed by depth; the last layer's
+modules are renamed `decoder.layers.last...` so they compare across depths.
 """
 
 from __future__ import annotations
@@ -37,11 +42,13 @@ class Setup:
 
     widths: tuple = (64, 128, 256, 512, 1024)
     base_width: int = 64         # μP base hidden size
-    vary: str = "heads"          # width through "heads" (head_dim fixed) or "head_dim" (num_heads fixed)
+    vary: str = "heads"          # width through "heads" (head_dim fixed) or "head_dim" (num_heads fixed); "depth"
     head_dim: int = 16           # vary="heads": heads = width / head_dim
     num_heads: int = 4           # vary="head_dim": head_dim = width / num_heads
     preset: str = "tiny"         # "tiny-crystal": Crystal's μP multipliers, LayerNorm, biases, tied embeddings
     num_layers: int = 2
+    depths: tuple = (2, 4, 8, 16)  # vary="depth": numbers of layers, at width base_width
+    base_depth: int = 2            # vary="depth": depth-μP's --mup-base-num-layers
     ffn_ratio: float = 2.75      # LLaMA's 8/3 rounded as the tiny presets do (64 -> 176)
     # Few keys per query and few tokens per step: q and k then align within a few steps, as μP's
     # 1/head_dim assumes (with many, their random part dominates the logits for longer than a short run).
@@ -57,7 +64,7 @@ class Setup:
 
 
 def heads_and_head_dim(setup: Setup, width: int) -> tuple[int, int]:
-    if setup.vary == "heads":
+    if setup.vary in ("heads", "depth"):  # the depth sweep's width: base_width / head_dim heads
         heads, head_dim = width // setup.head_dim, setup.head_dim
     elif setup.vary == "head_dim":
         heads, head_dim = setup.num_heads, width // setup.num_heads
@@ -68,11 +75,11 @@ def heads_and_head_dim(setup: Setup, width: int) -> tuple[int, int]:
     return heads, head_dim
 
 
-def width_argv(setup: Setup, parametrization: str, width: int) -> list[str]:
+def width_argv(setup: Setup, parametrization: str, width: int, num_layers: int | None = None) -> list[str]:
     """pretrain_llama.py flags for one model of the sweep (setup.preset, resized)."""
     heads, head_dim = heads_and_head_dim(setup, width)
     argv = ["--model-preset", setup.preset, "--device", "cpu", "--mock-data",
-            "--num-layers", setup.num_layers, "--hidden-size", width,
+            "--num-layers", num_layers or setup.num_layers, "--hidden-size", width,
             "--ffn-hidden-size", int(round(setup.ffn_ratio * width)),
             "--num-attention-heads", heads, "--kv-channels", head_dim,
             "--seq-length", setup.seq_length, "--max-position-embeddings", setup.seq_length,
@@ -86,15 +93,31 @@ def width_argv(setup: Setup, parametrization: str, width: int) -> list[str]:
             "--init-method", "normal"]
     if setup.init_std is not None:
         argv += ["--init-method-std", setup.init_std]
-    if parametrization == "mup":
+    if parametrization in ("mup", "depth-mup"):
         # μP scales attention scores by 1/head_dim (the tiny preset leaves that off).
         argv += ["--use-mup", "--mup-base-hidden-size", setup.base_width, "--mup-scale-qk-dot-by-d"]
         if setup.init_std is not None:
             argv += ["--mup-base-init-std", setup.init_std]
+        if parametrization == "depth-mup":
+            argv += ["--mup-base-num-layers", setup.base_depth]
     elif parametrization != "sp" or setup.preset == "tiny-crystal":
         raise SystemExit(f"parametrization {parametrization!r} with preset {setup.preset}: use sp or mup "
                          "(tiny-crystal is μP only)")
     return [str(a) for a in argv]
+
+
+def depth_argv(setup: Setup, parametrization: str, depth: int) -> list[str]:
+    """One model of the depth sweep: the base width, `depth` layers."""
+    if parametrization not in ("mup", "depth-mup"):
+        raise SystemExit(f"the depth sweep compares mup and depth-mup, not {parametrization!r}")
+    return width_argv(setup, parametrization, setup.base_width, num_layers=depth)
+
+
+def last_layer_renamed(coords: dict, num_layers: int) -> dict:
+    """decoder.layers.<last>... -> decoder.layers.last...: the modules that compare across depths."""
+    prefix = f"decoder.layers.{num_layers - 1}"
+    return {("decoder.layers.last" + name[len(prefix):] if name == prefix or name.startswith(prefix + ".")
+             else name): values for name, values in coords.items()}
 
 
 def watched_module(name: str, module: torch.nn.Module) -> bool:
@@ -182,9 +205,19 @@ def measure(argv: list[str], device: torch.device) -> dict:
 
 def run(setup: Setup, parametrizations=("sp", "mup"), device: torch.device | None = None,
         progress=print) -> Results:
-    """results[parametrization][width][module] = per-step mean |activation| (mup.coord_check)."""
+    """results[parametrization][width][module] = per-step mean |activation| (mup.coord_check); with
+    vary="depth", results[parametrization][depth][module]."""
     device = device or torch.device("cpu")
     results: Results = {}
+    if setup.vary == "depth":
+        for param in parametrizations:
+            for depth in setup.depths:
+                coords = last_layer_renamed(measure(depth_argv(setup, param, depth), device), depth)
+                results.setdefault(param, {})[depth] = coords
+                if progress:
+                    progress(f"  {param:>9} depth {depth:3d}: logits {coords['logits'][-1]:.4g}, "
+                             f"last layer {coords['decoder.layers.last'][-1]:.4g}")
+        return results
     for param in parametrizations:
         for width in setup.widths:
             results.setdefault(param, {})[width] = coords = measure(width_argv(setup, param, width), device)

@@ -87,8 +87,11 @@ def test_adam_eps_scaling_flag():
     rules = MuPRules(MuPConfig(**{**crystal_7b().__dict__, "scale_adam_eps": True}))
     assert rules.adam_eps_multiplier("decoder.layers.0.mlp.linear_fc1.weight") == 0.0625
     assert rules.adam_eps_multiplier("decoder.layers.0.mlp.linear_fc2.weight") == 0.0625
-    assert rules.adam_eps_multiplier("embedding.word_embeddings.weight") == 1.0
-    assert rules.adam_eps_multiplier("decoder.layers.0.mlp.linear_fc2.bias") == 1.0
+    # Every gradient shrinks ~1/m (tests/mup/test_mup_options.py measures it), so every eps does.
+    for name in ("embedding.word_embeddings.weight", "output_layer.weight", "decoder.layers.0.mlp.linear_fc2.bias",
+                 "decoder.layers.0.input_layernorm.weight", "decoder.final_layernorm.weight"):
+        assert rules.adam_eps_multiplier(name) == 0.0625, name
+    assert MuPRules(crystal_7b()).adam_eps_multiplier("decoder.layers.0.mlp.linear_fc1.weight") == 1.0
 
 
 def test_separate_ffn_and_head_base_sizes_use_their_own_fan_in():
