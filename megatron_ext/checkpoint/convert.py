@@ -17,11 +17,11 @@ from contextlib import contextmanager
 
 import torch
 
-from megatron_ext.checkpoint import hf_crystalcoder, hf_llama, hf_openlm, weight_maps
+from megatron_ext.checkpoint import hf_crystalcoder, hf_llama, hf_openlm, hf_tokenizer_export, weight_maps
 from megatron_ext.checkpoint.hf_arch import ConversionError, groups, restore_identity
 from megatron_ext.checkpoint.hf_files import (CODE_DIR, HFWeights, SafetensorsStreamWriter, auto_map_modules,
-                                              copy_remote_code, copy_tokenizer, export_remote_code,
-                                              export_tokenizer, plan_shards, read_json)
+                                              copy_remote_code, copy_tokenizer, export_remote_code, plan_shards,
+                                              read_json)
 from megatron_ext.checkpoint.integrity import IntegrityError, verify_checksums, write_checksums
 from megatron_ext.checkpoint.model_tensors import model_tensors
 from megatron_ext.checkpoint.paths import LATEST_FILE, iteration_dir, write_text_atomic
@@ -210,7 +210,9 @@ def true_vocab_size(common: dict) -> int | None:
 
 def megatron_to_hf(load: str, out: str, iteration: int | None = None, dtype: torch.dtype | None = None,
                    model_format: str | None = None, overwrite: bool = False, vocab_size: int | None = None,
-                   max_shard_bytes: int = 5 * 2**30, progress: bool = True) -> str:
+                   max_shard_bytes: int = 5 * 2**30, progress: bool = True, chat_format: str | None = None) -> str:
+    """CHAT_FORMAT: the chat template and end of reply to export (hf_tokenizer_export.py); None: the run's
+    recorded --chat-format, "none": no template."""
     iteration, directory, common = read_common(load, iteration)
     try:
         verify_checksums(directory)  # a damaged shard would otherwise export as silently wrong weights
@@ -234,6 +236,7 @@ def megatron_to_hf(load: str, out: str, iteration: int | None = None, dtype: tor
         identity = identity.replace(make_vocab_size_divisible_by=rows)
     fmt = FORMATS[model_format or default_format(identity)]
     fmt.check_exportable(identity)
+    tokenizer_export = hf_tokenizer_export.TokenizerExport(load, args, chat_format)
     reader = TorchDistReader(directory)
     tensor_groups = groups(identity)
     stored_dtype = reader.check(tensor_groups, identity.num_layers)
@@ -258,6 +261,6 @@ def megatron_to_hf(load: str, out: str, iteration: int | None = None, dtype: tor
                 bar.update(1)
         writer.close()
         fmt.write_config(identity, {k: v for k, v in args.items() if k.startswith("hf_")}, tmp, dtype)
-        export_tokenizer(load, args, tmp)
+        tokenizer_export.write(tmp)
         export_remote_code(load, args, tmp, os.path.abspath(out))
     return os.path.abspath(out)

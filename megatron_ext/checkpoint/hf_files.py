@@ -326,14 +326,15 @@ def export_remote_code(root: str, args: dict, tmp: str, out: str) -> None:
 
 
 def _sentencepiece_tokenizer(model: str, out: str) -> list[str]:
-    """The run's SentencePiece .model as LLaMA checkpoints ship it: tokenizer.model, plus the
-    tokenizer.json/tokenizer_config.json transformers converts it to (so AutoTokenizer loads it)."""
-    shutil.copy2(model, os.path.join(out, "tokenizer.model"))
-    try:
-        from transformers import LlamaTokenizer
+    """The run's SentencePiece .model as LLaMA checkpoints ship it (tokenizer.model), plus the tokenizer.json
+    that encodes as sentencepiece does (hf_tokenizer_export.py), so AutoTokenizer loads it."""
+    from megatron_ext.checkpoint.hf_tokenizer_export import write_tokenizer
+    from megatron_ext.data.tokenizers import SentencePieceTokenizer
 
-        LlamaTokenizer.from_pretrained(out).save_pretrained(out)
+    try:
+        return write_tokenizer(SentencePieceTokenizer(model), out)
     except Exception as exc:  # tokenizer.model alone still serves SentencePiece users
-        print(f"warning: transformers could not convert {model} ({exc}); the export has tokenizer.model only",
-              file=sys.stderr)
-    return ["tokenizer.model"]
+        shutil.copy2(model, os.path.join(out, "tokenizer.model"))
+        print(f"warning: could not write {model} in transformers' format ({exc}); the export has tokenizer.model "
+              "only", file=sys.stderr)
+        return ["tokenizer.model"]
