@@ -5,7 +5,9 @@ verdict is mup.coord_check.growing_modules: the modules whose mean |activation| 
 has none, with width grown through the head count and through the head dim, and with Crystal's multipliers;
 SP and each planted bug (tests/mup/coord_check_worker.py: fc1 trained at the base LR, attention scaled by
 1/sqrt(head_dim), logits without the output multiplier) are flagged in the modules the bug acts on.
-All sweeps run in one worker process (~40 s on 2 CPU cores).
+The coordinate check over depth (1 to 8 layers at the base width): μP without depth scaling is flagged
+(the residual stream grows with depth), depth-μP (--mup-base-num-layers 1) is not.
+All sweeps run in one worker process (~40 s on 2 CPU cores, plus ~35 s for the depth sweeps).
 """
 
 import json
@@ -26,6 +28,8 @@ HEADS = {"widths": [64, 128, 256, 512], "vary": "heads"}
 HEAD_DIM = {"widths": [64, 128, 256, 512, 1024], "vary": "head_dim"}
 CRYSTAL = {**HEAD_DIM, "preset": "tiny-crystal", "init_std": None}  # its sigma_base 0.073, x14.6, x2.22/m, 1/d
 DCLM = {**HEAD_DIM, "preset": "tiny-dclm"}  # gain-only LayerNorm, the query/key norm over all heads
+# Over depth at width 32 (2 heads of 16), base depth 1, 6 steps: results keyed by depth.
+DEPTH = {"vary": "depth", "depths": [1, 2, 4, 8], "base_width": 32, "base_depth": 1, "steps": 6}
 
 SWEEPS = {
     "mup": {"setup": HEADS, "parametrization": "mup"},
@@ -36,6 +40,8 @@ SWEEPS = {
     "attention_scale_sqrt_d": {"setup": HEAD_DIM, "parametrization": "mup", "plant": "attention_scale_sqrt_d"},
     "crystal_head_dim": {"setup": CRYSTAL, "parametrization": "mup"},
     "dclm_head_dim": {"setup": DCLM, "parametrization": "mup"},
+    "depth_without_depth_mup": {"setup": DEPTH, "parametrization": "mup"},
+    "depth_mup": {"setup": DEPTH, "parametrization": "depth-mup"},
 }
 LAYERS = range(Setup.num_layers)
 
@@ -108,6 +114,23 @@ def test_head_dim_sweep_and_crystal_multipliers_are_what_ran(verdicts):
     # Truncated normal (+-2 sigma) with sigma 0.073: E|x| = sigma sqrt(2/pi) (1 - e^-2) / erf(sqrt 2).
     mean_abs = 0.073 * math.sqrt(2 / math.pi) * (1 - math.exp(-2)) / math.erf(math.sqrt(2))
     assert results["crystal_head_dim"]["64"]["embedding"][0] == pytest.approx(14.6 * mean_abs, rel=0.1)
+
+
+def test_depth_check_flags_mup_without_depth_scaling(verdicts):
+    """Without depth-μP, each layer's Adam update adds an O(1) change to the residual stream, so the last
+    layer's output grows with the number of layers: flagged. Depth-μP (branches x 1/sqrt(L), the layers' LR
+    x 1/sqrt(L)) keeps every module flat. The two start from the same model (the residual-out init counts
+    the base depth, the branch multiplier the rest), and at the base depth they are the same run."""
+    growing, results = verdicts
+    assert "decoder.layers.last" in growing["depth_without_depth_mup"], growing["depth_without_depth_mup"]
+    assert growing["depth_mup"] == {}, growing["depth_mup"]
+    plain, deep = results["depth_without_depth_mup"], results["depth_mup"]
+    for depth in ("2", "4", "8"):
+        for module in ("decoder.layers.last", "logits"):
+            assert deep[depth][module][0] == pytest.approx(plain[depth][module][0], rel=1e-4), (depth, module)
+        assert deep[depth]["decoder.layers.last"][-1] != pytest.approx(plain[depth]["decoder.layers.last"][-1],
+                                                                      rel=1e-3)
+    assert deep["1"] == plain["1"]
 
 
 def test_attention_logits_are_causal_scaled_scores():
