@@ -167,3 +167,28 @@ def test_tool_refuses_a_tokenizer_that_cannot_represent_the_format(data, tmp_pat
     assert code == 2
     assert "NullTokenizer cannot represent <|im_start|>, <|im_end|>" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_hf_format_takes_the_template_of_the_tokenizer_directory(data, tmp_path):
+    """--chat-format hf with --tokenizer-model DIR: the directory's chat_template, ids and masks as
+    transformers' apply_chat_template(..., return_assistant_tokens_mask=True) gives them."""
+    from transformers import AutoTokenizer, LlamaTokenizer
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "tokenizer.model").write_bytes(open(data["model"], "rb").read())
+    hf = LlamaTokenizer.from_pretrained(str(src))
+    hf.chat_template = ("{% for m in messages %}{% if m['role'] == 'assistant' %}{{ 'Bot:' }}{% generation %}"
+                        "{{ ' ' + m['content'] + eos_token }}{% endgeneration %}{% else %}"
+                        "{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endif %}{% endfor %}")
+    hf.save_pretrained(tmp_path / "hf")
+    prefix, stats, meta = preprocess_sft(data["input"], str(tmp_path / "out"), "hf",
+                                         tokenizer_type="HuggingFaceTokenizer", tokenizer_model=str(tmp_path / "hf"),
+                                         progress=False)
+    assert meta["special_tokens"] == [] and meta["end_of_reply"] == "</s>"
+    tokens, mask = _read(prefix)
+    reference = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    for i in (0, 1, 2, 3, 150, len(data["good"]) - 1):
+        want = reference.apply_chat_template(conversation(data["good"][i])[0], tokenize=True, return_dict=True,
+                                             return_assistant_tokens_mask=True)
+        assert tokens[i].tolist() == list(want["input_ids"]) and mask[i].tolist() == list(want["assistant_masks"])
