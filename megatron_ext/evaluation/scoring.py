@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.utils import get_model_config
 
 from megatron_ext.training.step import language_model_logits
 
@@ -138,7 +139,12 @@ def loglikelihoods(model, rows, micro_batch_size: int) -> np.ndarray | None:
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
     tp_size = parallel_state.get_tensor_model_parallel_world_size()
-    per_rank = -(-len(rows) // (dp_size * micro_batch_size)) * micro_batch_size
+    microbatches = -(-len(rows) // (dp_size * micro_batch_size))
+    if len(model) > 1:  # the interleaved schedule runs micro-batches in groups (of PP by default): whole groups
+        group = get_model_config(model[0]).microbatch_group_size_per_vp_stage or \
+            parallel_state.get_pipeline_model_parallel_world_size()
+        microbatches = -(-microbatches // group) * group
+    per_rank = microbatches * micro_batch_size
     padded = list(rows) + [None] * (per_rank * dp_size - len(rows))
     mine = padded[dp_rank * per_rank:(dp_rank + 1) * per_rank]
     length = _padded_length(rows, tp_size)

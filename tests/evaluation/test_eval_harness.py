@@ -3,17 +3,20 @@
 One tiny LLaMA trained 2 iterations with --eval-tasks, at TP2, PP2, DP2 and on one process (four launches
 started together; the one-process run saves every iteration). Then tools/eval_checkpoints.py evaluates
 that run's checkpoints at DP2 (resuming after an iteration already in its CSV) while lm-evaluation-harness
-scores the Hugging Face export of iteration 2 with local task definitions over the same documents:
+scores the Hugging Face export of iteration 2 (its command line, as docs/evaluation.md gives it) with local
+task definitions over the same documents:
 a plain multiple-choice task (an empty context, contexts ending in a space), a WinoGrande-style
 multiple-input task, and a task with a description and 2 few-shot examples (long enough to be truncated to
 the model's 64-token context). The tokenizer is byte-level BPE whose encode() adds a BOS, as LLaMA's.
 """
 
 import csv
+import glob
 import json
 import math
 import os
 import subprocess
+import sys
 
 import pytest
 from eval_helpers import (make_documents, make_multiple_input_documents, save_bpe_tokenizer, write_harness_tasks,
@@ -46,14 +49,24 @@ def _task_files(root):
     return [ours[name] for name in TASKS]
 
 
-def _harness(hf_dir, tasks_dir, cache_dir):
-    os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=str(cache_dir))
-    import lm_eval
-    from lm_eval.tasks import TaskManager
+def start_harness(hf_dir, tasks_dir, out_dir, cache_dir) -> subprocess.Popen:
+    """docs/evaluation.md's lm-evaluation-harness command line on the export, with the local tasks."""
+    lm_eval = os.path.join(os.path.dirname(sys.executable), "lm_eval")
+    env = dict(subprocess_env(), HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=str(cache_dir))
+    return subprocess.Popen([lm_eval, "--model", "hf", "--model_args", f"pretrained={hf_dir},dtype=float32",
+                             "--tasks", ",".join(TASKS), "--include_path", str(tasks_dir), "--batch_size", "8",
+                             "--device", "cpu", "--output_path", str(out_dir), "--log_samples"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-    return lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={hf_dir},dtype=float32", tasks=list(TASKS),
-                                   task_manager=TaskManager(include_path=str(tasks_dir)), log_samples=True,
-                                   batch_size=8, device="cpu")
+
+def read_harness(out_dir) -> dict:
+    """{"results": task -> metrics, "samples": task -> per-document records} from --output_path."""
+    (results,) = glob.glob(os.path.join(out_dir, "**", "results_*.json"), recursive=True)
+    samples = {}
+    for task in TASKS:
+        (path,) = glob.glob(os.path.join(out_dir, "**", f"samples_{task}_*.jsonl"), recursive=True)
+        samples[task] = [json.loads(line) for line in open(path)]
+    return {"results": json.load(open(results))["results"], "samples": samples}
 
 
 @pytest.fixture(scope="module")
@@ -85,14 +98,18 @@ def evaluated(tmp_path_factory):
             "--load", save, "--csv", table, "--samples-dir", root / "samples", "--mock-data", "--eval-iters", "1",
             "--micro-batch-size", "2", "--global-batch-size", "4", "--eval-tasks", *task_files]],
         cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    harness = None
     try:
         from megatron_ext.checkpoint.convert import megatron_to_hf
 
         megatron_to_hf(str(save), str(root / "hf"), iteration=2, progress=False)
-        harness = _harness(root / "hf", root / "harness_tasks", root / "datasets_cache")
+        harness = start_harness(root / "hf", root / "harness_tasks", root / "harness_out", root / "datasets_cache")
     finally:
         tool_output = tool.communicate(timeout=600)[0]
+        harness_output = harness.communicate(timeout=600)[0] if harness else ""
     assert tool.returncode == 0, tool_output[-5000:]
+    assert harness.returncode == 0, harness_output[-5000:]
+    harness = read_harness(root / "harness_out")
     return dict(root=root, outputs=outputs, harness=harness, tool_output=tool_output, table=table)
 
 
@@ -118,7 +135,7 @@ def test_checkpoint_evaluation_equals_the_harness_item_by_item(evaluated):
         theirs = sorted(evaluated["harness"]["samples"][task], key=lambda s: s["doc_id"])
         assert len(ours) == len(theirs) > 0
         for doc, (mine, sample) in enumerate(zip(ours, theirs)):
-            lls = [resp[0] for resp in sample["filtered_resps"]]
+            lls = [float(resp[0]) for resp in sample["filtered_resps"]]  # the samples file holds strings
             assert mine["loglikelihoods"] == pytest.approx(lls, abs=1e-4), (task, doc)
             ordered = sorted(lls, reverse=True)
             assert ordered[0] - ordered[1] > 1e-3, (task, doc, "choices too close to compare argmaxes")
