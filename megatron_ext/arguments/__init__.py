@@ -65,12 +65,14 @@ def parse_args(argv: list[str] | None = None, world_size: int | None = None,
     defaults = dict(defaults or {})
     if args.model_preset:
         defaults.update(preset_flags(args.model_preset))
-    if args.load:
-        defaults.update(checkpoint_model_flags(args.load))
+    # The run's own checkpoint when resuming; else the one a fine-tuning run starts from (its weights only).
+    source = args.load if args.load and checkpoint_model_flags(args.load) else args.pretrained_checkpoint
+    if source:
+        defaults.update(checkpoint_model_flags(source))
         given = sys.argv[1:] if argv is None else [str(a) for a in argv]
         if not args.mock_data and not any(a.startswith(("--tokenizer-", "--special-tokens", "--vocab-pad-to"))
                                           for a in given):
-            defaults.update(checkpoint_tokenizer_flags(args.load))
+            defaults.update(checkpoint_tokenizer_flags(source))
     if defaults:
         parser.set_defaults(**defaults)
         args = parser.parse_args(argv)

@@ -13,6 +13,10 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
                    help="load weights (and data position) but not the optimizer state and LR schedule")
     g.add_argument("--no-load-rng", action="store_true",
                    help="do not restore the RNG states from the checkpoint")
+    g.add_argument("--pretrained-checkpoint", default=None, metavar="DIR",
+                   help="start from this checkpoint's weights when --load has none (Megatron-LM's flag): "
+                        "iteration, optimizer, schedule and data position start fresh; any TP/PP layout; a "
+                        "tokenizer with added special tokens grows the embedding (new rows: the mean of the old)")
     g.add_argument("--finetune", action="store_true",
                    help="load weights only and restart iteration count, optimizer and schedule")
     g.add_argument("--ckpt-format", choices=["torch_dist"], default="torch_dist",

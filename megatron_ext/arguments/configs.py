@@ -91,6 +91,10 @@ class DataConfig:
     vocab_pad_to: int | None
     vocab_size: int | None       # the tokenizer's flag (NullTokenizer, mock data); the model's is the identity's
     num_workers: int
+    conversation_data: bool      # derived: some --data-path prefix is conversation data (data/sft_dataset.py)
+    sft_packing: str
+    sft_overlong: str
+    chat_format: str | None
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,7 @@ class CheckpointConfig:
     no_load_optim: bool
     no_load_rng: bool
     finetune: bool
+    pretrained_checkpoint: str | None
     overwrite: bool
     no_verify_checkpoint: bool
 

@@ -49,3 +49,14 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                    help="pad the tokenizer's vocabulary to this many ids (default with "
                         "--special-tokens: the next multiple of 32, e.g. 32032 for Crystal)")
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
+    g = parser.add_argument_group("fine-tuning data (prefixes written by tools/preprocess_sft.py in --data-path)")
+    g.add_argument("--sft-packing", choices=["pack", "pad"], default="pack",
+                   help="pack several conversations into each --seq-length row (attention and positions restart "
+                        "at each), or pad: one conversation per row")
+    g.add_argument("--sft-overlong", choices=["truncate", "drop"], default="truncate",
+                   help="a conversation longer than --seq-length + 1 tokens is cut to that, or left out "
+                        "(the count is reported at start-up)")
+    g.add_argument("--chat-format", default=None,
+                   help="the chat format the conversation data was rendered with (tools/preprocess_sft.py "
+                        "--chat-format): recorded in the checkpoint, the default of tools/convert_to_hf.py and "
+                        "tools/generate.py (default: the data's own record)")

@@ -14,6 +14,9 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
                    help="training iterations (or give --train-samples)")
     g.add_argument("--train-samples", type=int,
                    help="training samples (sequences); sets the iterations (or give --train-iters)")
+    g.add_argument("--train-epochs", type=int, default=None,
+                   help="fine-tuning: passes over the conversation data (packed rows of every --data-path source's "
+                        "training split, reshuffled each epoch from --seed); sets --train-samples")
 
     g = parser.add_argument_group("learning-rate schedule")
     g.add_argument("--lr", type=float, default=3e-4,

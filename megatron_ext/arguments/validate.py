@@ -35,6 +35,7 @@ def validate(args: argparse.Namespace, world_size: int) -> None:
     if args.seq_length is None:
         raise ConfigError("--seq-length is not set: pass it or choose a --model-preset")
     _validate_layout(args, world_size)
+    _validate_finetuning(args)
     _validate_schedule(args)
     _validate_misc(args)
     _validate_attention(args)
@@ -71,6 +72,27 @@ def _validate_layout(args, world_size: int) -> None:
                           f"multiple of TP {tp} so the vocabulary splits evenly")
     if args.sequence_parallel and args.seq_length % tp:
         raise ConfigError(f"--sequence-parallel needs --seq-length {args.seq_length} divisible by TP {tp}")
+
+
+def _validate_finetuning(args) -> None:
+    """args.conversation_data: some --data-path prefix is conversation data (masked, packed: the fine-tuning
+    dataset and a loss averaged over the global batch's trained tokens); --train-epochs becomes samples."""
+    from megatron_ext.data.sft_dataset import epoch_samples, has_conversation_data
+
+    args.conversation_data = not args.mock_data and has_conversation_data(args.data_path)
+    if args.pretrained_checkpoint and not os.path.isdir(args.pretrained_checkpoint):
+        raise ConfigError(f"--pretrained-checkpoint {args.pretrained_checkpoint} is not a directory: pass a checkpoint "
+                          "saved by pretrain_llama.py or written by tools/convert_from_hf.py")
+    if args.train_epochs is None:
+        return
+    if not args.conversation_data:
+        raise ConfigError("--train-epochs counts passes over conversation data (prefixes written by "
+                          "tools/preprocess_sft.py); for pretraining data use --train-iters or --train-samples")
+    if args.train_iters is not None or args.train_samples is not None:
+        raise ConfigError("--train-epochs, --train-iters and --train-samples are alternatives: give one")
+    if args.train_epochs < 1:
+        raise ConfigError(f"--train-epochs {args.train_epochs} must be at least 1")
+    args.train_samples = epoch_samples(args, args, args.train_epochs)
 
 
 def _validate_schedule(args) -> None:

@@ -36,6 +36,8 @@ def build_datasets(data, training, logging, tokenizer, vocab_size: int):
         return MockGPTDataset(train_samples, seq_length, vocab_size, seed), valid
     from megatron_ext.data.datasets import build_gpt_datasets, check_token_ids
 
+    if getattr(data, "conversation_data", False):
+        return _fine_tuning_datasets(data, training, tokenizer, vocab_size, train_samples, valid_samples)
     fim_rates = _fim_rates(data)
     train, valid, _ = build_gpt_datasets(data.data_path, data.split, seq_length, seed, tokenizer,
                                          (train_samples, valid_samples, 0), data_cache_path=data.data_cache_path)
@@ -50,6 +52,22 @@ def build_datasets(data, training, logging, tokenizer, vocab_size: int):
     # Outermost, so FIM's sentinel ids are checked too.
     train, valid = (check_token_ids(dataset, vocab_size, data.data_path) for dataset in (train, valid))
     return train, (valid if valid_samples else None)
+
+
+def _fine_tuning_datasets(data, training, tokenizer, vocab_size, train_samples, valid_samples):
+    """Conversations (masked) and plain text, packed per row (data/sft_dataset.py); the packing summary is
+    printed once here, on the last rank (the one that logs)."""
+    from megatron_ext.data.datasets import check_token_ids
+    from megatron_ext.data.sft_dataset import build_sft_datasets
+    from megatron_ext.training.parallel import is_last_rank
+
+    if getattr(data, "fim_split", None) and getattr(data, "data_mix", None) and _fim_rates(data):
+        raise SystemExit("error: FIM rates in --data-mix apply to pretraining data, not to fine-tuning conversations")
+    pad_id = tokenizer.eod if tokenizer is not None else 0
+    train, valid, summary = build_sft_datasets(data, training, train_samples, valid_samples, pad_id, vocab_size)
+    if is_last_rank():
+        print(summary, flush=True)
+    return check_token_ids(train, vocab_size, data.data_path), check_token_ids(valid, vocab_size, data.data_path)
 
 
 def _fim_rates(data):

@@ -63,6 +63,10 @@ def transformer_config(run, on_cpu: bool, mup_multipliers: dict | None = None) -
         pipeline_dtype=dtype,
         bf16=compute.bf16,
         fp16=compute.fp16,
+        # Fine-tuning rows train different numbers of tokens: the loss is the mean over the global batch's
+        # trained tokens (the schedule sums, finalize_model_grads divides by the all-reduced count), so it
+        # does not depend on micro-batch size, DP or PP. Pretraining rows are full, where the two agree.
+        calculate_per_token_loss=bool(run.data and run.data.conversation_data),
         recompute_granularity=compute.recompute_granularity,
         recompute_method=compute.recompute_method if compute.recompute_granularity == "full" else None,
         recompute_num_layers=compute.recompute_num_layers if compute.recompute_granularity == "full" else None,

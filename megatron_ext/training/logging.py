@@ -43,16 +43,22 @@ class TrainLogger:
         self._window_start = time.perf_counter()
         self._window_iters = 0
         self._losses: list[float] = []
+        self.fine_tuning = run.data.conversation_data  # also logs trained tokens/s and the padding fraction
+        self._counts = {"trained tokens": 0.0, "real tokens": 0.0, "positions": 0.0}
 
     def start_window(self):
         """Timing restarts after evaluation and saving, so throughput counts training steps only."""
         self._window_start, self._window_iters = time.perf_counter(), 0
 
-    def training_step(self, state, loss: float | None, lr: float, grad_norm, loss_scale, world_size: int):
-        """loss is None off the last pipeline stage. The logged loss averages the logging interval."""
+    def training_step(self, state, loss: float | None, lr: float, grad_norm, loss_scale, world_size: int,
+                      totals: dict | None = None):
+        """loss is None off the last pipeline stage (and for a batch that trains no token). The logged loss
+        averages the logging interval. totals: the batch's token counts (training/loop.py batch_totals)."""
         self._window_iters += 1
         if loss is not None:
             self._losses.append(loss)
+        for key in self._counts:
+            self._counts[key] += (totals or {}).get(key, 0.0)
         training = self.training
         if state.iteration % self.logging.log_interval and state.iteration != training.train_iters:
             return
@@ -89,8 +95,20 @@ class TrainLogger:
             scalars.update({f"{name}-time": ms for name, ms in phases.items()})  # Megatron-LM's timer tags
             if self.peak:
                 scalars["mfu-percent"] = 100.0 * tflops / self.peak
+            if self.fine_tuning:
+                scalars.update(self._fine_tuning_scalars(elapsed * self._window_iters))
             self._write(scalars, state, extra={"elapsed_ms": elapsed * 1000})
         self.start_window()
+
+    def _fine_tuning_scalars(self, seconds: float) -> dict:
+        """Trained (loss-bearing) tokens per second and the share of positions that are padding."""
+        counts, self._counts = self._counts, dict.fromkeys(self._counts, 0.0)
+        scalars = {"trained-tokens-per-second": counts["trained tokens"] / seconds}
+        if counts["positions"]:
+            scalars["padding-fraction"] = 1.0 - counts["real tokens"] / counts["positions"]
+        print(" fine-tuning | " + " | ".join(f"{key}: {value:.4g}" for key, value in scalars.items()) + " |",
+              flush=True)
+        return scalars
 
     def validation(self, state, loss: float | None, tag: str = "validation"):
         """loss is None when the run has no validation set (said once at start-up, by

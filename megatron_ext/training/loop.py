@@ -10,7 +10,7 @@ from megatron.core import parallel_state
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megatron_ext.training.step import forward_step
+from megatron_ext.training.step import REPORTED, forward_step
 from megatron_ext.training.timers import NO_TIMERS, PhaseTimers
 
 
@@ -47,13 +47,23 @@ def run_microbatches(model, data_iterators, training, forward_only: bool):
     )
 
 
-def average_loss(losses_reduced) -> float | None:
-    """Token-weighted mean over micro-batches and data-parallel ranks (last pipeline stage only)."""
+def batch_totals(losses_reduced) -> dict | None:
+    """The global batch's sums of step.REPORTED over micro-batches and data-parallel ranks (last pipeline
+    stage only; None elsewhere)."""
     if not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
         return None
     total = torch.stack([entry["lm loss"] for entry in losses_reduced]).sum(dim=0)
     dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
-    return (total[0] / total[1]).item()
+    return dict(zip(REPORTED, total.tolist()))
+
+
+def average_loss(losses_reduced) -> float | None:
+    """Token-weighted mean over micro-batches and data-parallel ranks (last pipeline stage only). None when
+    the batch trains no token (fine-tuning rows can be all prompt): it has no loss, and is not a NaN."""
+    totals = batch_totals(losses_reduced)
+    if totals is None or totals["trained tokens"] == 0:
+        return None
+    return totals["loss sum"] / totals["trained tokens"]
 
 
 def base_lr(scheduler) -> float:
@@ -71,7 +81,7 @@ def train_step(model, optimizer, scheduler, data_iterators, training, timers: Ph
         succeeded, grad_norm, _ = optimizer.step()
     if succeeded:  # fp16 skips the step when gradients overflowed
         scheduler.step(increment=training.global_batch_size)
-    return average_loss(losses), grad_norm
+    return average_loss(losses), grad_norm, batch_totals(losses)
 
 
 def evaluate(model, data_iterators, training, eval_iters: int) -> float | None:
@@ -97,11 +107,11 @@ def train(run, model, optimizer, scheduler, state: TrainState, train_iters, vali
     last_valid = None
     training, save_every = run.training, run.checkpoint.save_interval if run.checkpoint.save else None
     while state.iteration < training.train_iters:
-        loss, grad_norm = train_step(model, optimizer, scheduler, train_iters, training, timers)
+        loss, grad_norm, totals = train_step(model, optimizer, scheduler, train_iters, training, timers)
         state.iteration += 1
         state.consumed_samples += training.global_batch_size
         logger.training_step(state, loss, base_lr(scheduler), grad_norm, optimizer.get_loss_scale().item(),
-                             dist.get_world_size())
+                             dist.get_world_size(), totals)
         stop_reason = stop_check.after_step(state.iteration, loss, grad_norm)  # raises on NaN/Inf
         if stop_reason:
             return last_valid, stop_reason

@@ -60,6 +60,11 @@ def build_run(config, device: torch.device) -> Run:
         provenance = checkpoint_provenance(load)
         state.iteration, state.consumed_samples = load_checkpoint(load, built.model, built.optimizer,
                                                                     built.scheduler, config)
+    elif config.checkpoint.pretrained_checkpoint:  # a fine-tuning run's first launch (later ones resume --load)
+        from megatron_ext.checkpoint.pretrained import load_pretrained
+
+        provenance = checkpoint_provenance(config.checkpoint.pretrained_checkpoint)
+        load_pretrained(config.checkpoint.pretrained_checkpoint, built.model, built.optimizer, config)
     elif load and is_last_rank():  # Megatron-LM's behaviour: --save X --load X on a first launch
         print(f" > no checkpoint in --load {load} yet: starting from scratch", flush=True)
     train_ds, valid_ds = build_datasets(config.data, config.training, config.logging, tokenizer, vocab_size)

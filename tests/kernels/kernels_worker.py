@@ -98,7 +98,7 @@ def run_case(case: dict, platform) -> dict:
     for _ in range(first.training.train_iters):
         for name, (model, optimizer, scheduler, iterators) in built.items():
             CURRENT["variant"] = (case["name"], name)
-            loss, grad_norm = train_step(model, optimizer, scheduler, iterators, variants[name].training)
+            loss, grad_norm, _ = train_step(model, optimizer, scheduler, iterators, variants[name].training)
             results[name]["losses"].append(loss)
             results[name]["grad_norms"].append(float(grad_norm))
     for name, (model, _, _, _) in built.items():

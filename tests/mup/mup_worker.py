@@ -77,7 +77,7 @@ def main(out_prefix: str, argv: list[str]) -> None:
     losses = []
     for _ in range(args.train_iters):
         snapshot()  # the values the coming optimizer.step() will use
-        loss, _ = train_step(model, optimizer, scheduler, iterators, args)
+        loss, _, _ = train_step(model, optimizer, scheduler, iterators, args)
         losses.append(loss)
     snapshot()
     with open(f"{out_prefix}.{platform.rank}.json", "w") as f:

@@ -25,7 +25,7 @@ def test_logged_loss_is_token_weighted_across_micro_batches(monkeypatch):
         labels = torch.randint(0, vocab, (1, 8))
         mask = torch.ones(1, 8)
         mask[0, :masked] = 0
-        loss_sum, num_tokens, reported = step.loss_func(config, vocab, labels, mask, logits)
+        loss_sum, num_tokens, reported = step.loss_func(config, vocab, labels, mask, None, logits)
         per_token = torch.nn.functional.cross_entropy(logits[:, 0], labels[0], reduction="none")
         all_losses.append(per_token[masked:])
         assert int(num_tokens) == 8 - masked
