@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import warnings
@@ -107,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"error: {exc}") from None
     warnings.filterwarnings("ignore", module=r"megatron\.core.*")
     warnings.filterwarnings("ignore", category=UserWarning)  # megatron-core's apex/TE notices
+    warnings.filterwarnings("ignore", category=FutureWarning)  # dist_checkpointing's ShardedTensor notice
+    logging.getLogger("megatron.core").setLevel(logging.ERROR)  # "Unknown MLP type" per layer, etc.
     import torch
 
     from megatron_ext.inference.generate import TextGenerator
@@ -118,12 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = load_inference_model(args.load, args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
                                      platform.device.type, extra_flags(args), args.iteration)
-        chat = chat_format_from(args, model)
-        try:
+        try:  # chat formats raise ValueError subclasses naming the problem (unknown name, missing tokens)
+            chat = chat_format_from(args, model)
             encoded = encode_prompts(prompts, model.tokenizer, chat, args.add_bos)
+            stop = stop_rule(model.tokenizer, args.stop, chat, args.ignore_eos)
         except ValueError as exc:
             raise SystemExit(f"error: {exc}") from None
-        stop = stop_rule(model.tokenizer, args.stop, chat, args.ignore_eos)
         if platform.rank == 0:
             print(f" > loaded {model.path} (iteration {model.iteration}) at TP{args.tensor_model_parallel_size} x "
                   f"PP{args.pipeline_model_parallel_size}; {'greedy' if sampling.greedy else 'sampling'}"

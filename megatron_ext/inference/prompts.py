@@ -74,7 +74,10 @@ def stop_rule(tokenizer, stop_strings=(), chat_format=None, ignore_eos: bool = F
     if not ignore_eos and getattr(tokenizer, "eod", None) is not None and tokenizer.eod >= 0:
         token_ids.add(tokenizer.eod)
     if chat_format is not None:
-        token = tokenizer.vocab.get(chat_format.end_of_reply)
+        from megatron_ext.data.chat_formats import token_ids as single_tokens
+
+        # The format's own split table: the strings this tokenizer encodes as one id wherever they occur.
+        token = single_tokens(tokenizer).get(chat_format.end_of_reply)
         ids = [token] if token is not None else tokenizer.tokenize(chat_format.end_of_reply)
         if len(ids) == 1:
             token_ids.add(ids[0])
