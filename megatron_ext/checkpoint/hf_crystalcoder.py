@@ -17,7 +17,8 @@ import json
 import torch
 
 from megatron_ext.checkpoint.hf_arch import DTYPE_NAMES, IDENTITY_KEY, ConversionError
-from megatron_ext.checkpoint.weight_maps import Entry, Fuse, PackQKV, RopeOrder, Split, Transpose, VocabRows
+from megatron_ext.checkpoint.weight_maps import (Entry, Fuse, PackQKV, RopeOrder, Scale, Split, Transpose, VocabRows,
+                                                 residual_branch_multiplier)
 from megatron_ext.models.identity import ModelIdentity
 
 NAME = "crystalcoder"
@@ -105,6 +106,8 @@ NO_BIAS = "the Megatron model has no such bias (it was trained without --add-bia
 # c_attn's [q; k; v] blocks -> linear_qkv; GPT-J RoPE order, reordered for a half-split model.
 QKV = (Split(3), RopeOrder(hf_interleaved=True), PackQKV())
 
+BRANCH = Scale(residual_branch_multiplier)  # depth-μP's branch multiplier, folded into both c_proj
+
 # Megatron tensor <- HF tensor(s), steps in import order; an export runs them backwards (weight_maps.py).
 WEIGHTS = (
     Entry("embedding.word_embeddings.weight", "transformer.wte.weight", VocabRows()),
@@ -112,15 +115,15 @@ WEIGHTS = (
     Entry(MG + "input_layernorm.bias", H + "ln_1.bias"),
     Entry(MG + "self_attention.linear_qkv.weight", H + "attn.c_attn.weight", Transpose(), *QKV),
     Entry(MG + "self_attention.linear_qkv.bias", H + "attn.c_attn.bias", *QKV, absent=NO_BIAS),
-    Entry(MG + "self_attention.linear_proj.weight", H + "attn.c_proj.weight", Transpose()),
-    Entry(MG + "self_attention.linear_proj.bias", H + "attn.c_proj.bias", absent=NO_BIAS),
+    Entry(MG + "self_attention.linear_proj.weight", H + "attn.c_proj.weight", Transpose(), BRANCH),
+    Entry(MG + "self_attention.linear_proj.bias", H + "attn.c_proj.bias", BRANCH, absent=NO_BIAS),
     Entry(MG + "pre_mlp_layernorm.weight", H + "ln_2.weight"),
     Entry(MG + "pre_mlp_layernorm.bias", H + "ln_2.bias"),
     # c_proj(c_fc(x) * silu(c_fc2(x))): c_fc2 is the gate, so linear_fc1 = [c_fc2; c_fc].
     Entry(MG + "mlp.linear_fc1.weight", (H + "mlp.c_fc2.weight", H + "mlp.c_fc.weight"), Transpose(), Fuse()),
     Entry(MG + "mlp.linear_fc1.bias", (H + "mlp.c_fc2.bias", H + "mlp.c_fc.bias"), Fuse(), absent=NO_BIAS),
-    Entry(MG + "mlp.linear_fc2.weight", H + "mlp.c_proj.weight", Transpose()),
-    Entry(MG + "mlp.linear_fc2.bias", H + "mlp.c_proj.bias", absent=NO_BIAS),
+    Entry(MG + "mlp.linear_fc2.weight", H + "mlp.c_proj.weight", Transpose(), BRANCH),
+    Entry(MG + "mlp.linear_fc2.bias", H + "mlp.c_proj.bias", BRANCH, absent=NO_BIAS),
     Entry("decoder.final_layernorm.weight", "transformer.ln_f.weight"),
     Entry("decoder.final_layernorm.bias", "transformer.ln_f.bias"),
     Entry("output_layer.weight", "lm_head.weight", VocabRows()),

@@ -20,7 +20,8 @@ import torch
 
 from megatron_ext.checkpoint.hf_arch import DTYPE_NAMES, IDENTITY_KEY, ConversionError
 from megatron_ext.checkpoint.weight_maps import (Entry, Fuse, PackQKV, RopeOrder, Scale, VocabRows,
-                                                 embedding_multiplier, key_scale, logits_multiplier)
+                                                 embedding_multiplier, key_scale, logits_multiplier,
+                                                 residual_branch_multiplier)
 from megatron_ext.models.identity import ModelIdentity
 
 NAME = "llama"
@@ -107,6 +108,7 @@ L, MG = "model.layers.{layer}.", "decoder.layers.{layer}."
 ATTN = L + "self_attn."
 # q/k/v -> linear_qkv: k carries μP's second 1/sqrt(d); "rotate half" rows, reordered for an interleaved model.
 QKV = (Scale(key_scale, on=(1,)), RopeOrder(hf_interleaved=False), PackQKV())
+BRANCH = Scale(residual_branch_multiplier)  # depth-μP's branch multiplier, folded into o_proj and down_proj
 NO_O_BIAS = ("with attention_bias and no mlp_bias the Megatron model (--add-qkv-bias) has no attention output "
              "bias")
 
@@ -118,15 +120,15 @@ WEIGHTS = (
     Entry(MG + "input_layernorm.weight", L + "input_layernorm.weight"),
     Entry(MG + "self_attention.linear_qkv.weight",
           (ATTN + "q_proj.weight", ATTN + "k_proj.weight", ATTN + "v_proj.weight"), *QKV),
-    Entry(MG + "self_attention.linear_proj.weight", ATTN + "o_proj.weight"),
+    Entry(MG + "self_attention.linear_proj.weight", ATTN + "o_proj.weight", BRANCH),
     Entry(MG + "pre_mlp_layernorm.weight", L + "post_attention_layernorm.weight"),
     Entry(MG + "mlp.linear_fc1.weight", (L + "mlp.gate_proj.weight", L + "mlp.up_proj.weight"), Fuse()),
-    Entry(MG + "mlp.linear_fc2.weight", L + "mlp.down_proj.weight"),
+    Entry(MG + "mlp.linear_fc2.weight", L + "mlp.down_proj.weight", BRANCH),
     Entry(MG + "self_attention.linear_qkv.bias", (ATTN + "q_proj.bias", ATTN + "k_proj.bias", ATTN + "v_proj.bias"),
           *QKV, when=_attention_bias),
-    Entry(MG + "self_attention.linear_proj.bias", ATTN + "o_proj.bias", when=_attention_bias, absent=NO_O_BIAS),
+    Entry(MG + "self_attention.linear_proj.bias", ATTN + "o_proj.bias", BRANCH, when=_attention_bias, absent=NO_O_BIAS),
     Entry(MG + "mlp.linear_fc1.bias", (L + "mlp.gate_proj.bias", L + "mlp.up_proj.bias"), Fuse(), when=_mlp_bias),
-    Entry(MG + "mlp.linear_fc2.bias", L + "mlp.down_proj.bias", when=_mlp_bias),
+    Entry(MG + "mlp.linear_fc2.bias", L + "mlp.down_proj.bias", BRANCH, when=_mlp_bias),
     Entry("decoder.final_layernorm.weight", "model.norm.weight"),
     Entry("output_layer.weight", "lm_head.weight", Scale(logits_multiplier), VocabRows()),
 )

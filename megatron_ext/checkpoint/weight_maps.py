@@ -148,6 +148,11 @@ def logits_multiplier(m: ModelIdentity) -> float:
     return m.logits_multiplier
 
 
+def residual_branch_multiplier(m: ModelIdentity) -> float:
+    """Depth-μP's 1/sqrt(L / L_base) on the attention and MLP outputs (1 without), folded into their weights."""
+    return m.residual_branch_multiplier
+
+
 def key_scale(m: ModelIdentity) -> float:
     """μP's 1/d attention becomes LLaMA's 1/sqrt(d) when k carries the other 1/sqrt(d)."""
     return 1.0 / math.sqrt(m.kv_channels) if m.attention_scores_by_d else 1.0

@@ -27,9 +27,10 @@ LAYOUTS = {"tp2": (2, 1), "pp2": (1, 2), "tp2xpp2": (2, 2)}
 LLAMA_CASES = [(case, layout) for case in ("llama", "llama-tied") for layout in LAYOUTS]
 OTHER_CASES = [("llama-mup", "tp2xpp2"), ("llama-tied-mup", "pp2"), ("crystal", "tp2xpp2"), ("llama-interleaved", "tp2xpp2"),
                ("crystal-half-split", "tp2"), ("crystal-half-split", "pp2")]
-# μP multipliers given to a plain model (the same weights then compute different logits).
+# μP multipliers given to a plain model (the same weights then compute different logits); with depth-μP's
+# residual-branch multiplier (4 layers over a base of 1: x 1/2), which the export folds into o_proj/down_proj.
 MUP_FIELDS = dict(use_mup=True, mup_base_hidden_size=96, mup_width_scale=0.5, mup_embeddings_scale=3.0,
-                mup_output_alpha=2.0, mup_scale_qk_dot_by_d=True)
+                mup_output_alpha=2.0, mup_scale_qk_dot_by_d=True, mup_base_num_layers=1)
 
 
 @pytest.fixture(scope="module")
