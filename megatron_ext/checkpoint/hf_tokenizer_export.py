@@ -14,8 +14,10 @@ Copying the run's tokenizer files is not enough, for three reasons this module h
   pre-tokenizer prefixes only the start of the whole string, and never a text that starts with a space). So
   a SentencePiece model is written as a tokenizer.json whose normalizer prefixes every piece (transformers
   splits at special tokens before normalizing), and an HF tokenizer's "first" prefix scheme becomes
-  "always" (an HF tokenizer is rewritten only with special tokens or a chat format; else copied as is). tokenizer_config.json names the plain fast tokenizer class, so transformers loads that
-  tokenizer.json as written instead of rebuilding it from the vocabulary.
+  "always" (not for the "hf" format, which the trainer renders with transformers itself). An HF tokenizer
+  is rewritten only with special tokens or a chat format, else copied as it is. tokenizer_config.json names
+  the plain fast tokenizer class, so transformers loads tokenizer.json as written instead of rebuilding it
+  from the vocabulary with its own pre-tokenizer.
 - the chat template lives in tokenizer_config.json ("chat_template"), which a stale chat_template.jinja
   from the source would override: that file is removed.
 
@@ -159,17 +161,19 @@ def _prefix_every_piece(node):
             _prefix_every_piece(value)
 
 
-def _hf_backend(hf_tokenizer):
+def _hf_backend(hf_tokenizer, every_piece: bool = True):
     """The backend tokenizer transformers built for the run (what the trainer encoded with), with every
-    piece between special tokens prefixed as the trainer's per-piece encoding does; None for a tokenizer
-    with no tokenizers backend (a Python-only tokenizer)."""
+    piece between special tokens prefixed as the trainer's per-piece encoding does (EVERY_PIECE; not for the
+    "hf" chat format, which the trainer renders with transformers itself); None for a tokenizer with no
+    tokenizers backend (a Python-only tokenizer)."""
     from tokenizers import Tokenizer
 
     backend = getattr(hf_tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
     spec = json.loads(backend.to_str())
-    _prefix_every_piece(spec.get("pre_tokenizer"))
+    if every_piece:
+        _prefix_every_piece(spec.get("pre_tokenizer"))
     return Tokenizer.from_str(json.dumps(spec))
 
 
@@ -188,16 +192,17 @@ def _source_config(tokenizer) -> dict:
     return {k: v for k, v in config.items() if k not in dropped}
 
 
-def write_tokenizer(tokenizer, out: str, chat_template: str | None = None) -> list[str]:
+def write_tokenizer(tokenizer, out: str, chat_template: str | None = None, every_piece: bool = True) -> list[str]:
     """OUT/tokenizer.json and tokenizer_config.json for the run's TOKENIZER (a SentencePieceTokenizer or
     HuggingFaceTokenizer, optionally wrapped with special tokens), plus tokenizer.model for a SentencePiece
-    one (its base vocabulary, for SentencePiece users). Returns the names written."""
+    one (its base vocabulary, for SentencePiece users). Returns the names written. EVERY_PIECE: see
+    _hf_backend."""
     from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
 
     base = _base(tokenizer)
     is_sp = hasattr(base, "_sp")
-    backend = _sentencepiece_backend(base.path) if is_sp else _hf_backend(base._tok)
+    backend = _sentencepiece_backend(base.path) if is_sp else _hf_backend(base._tok, every_piece)
     if backend is None:
         raise ConversionError(f"the tokenizer in {base.path} has no `tokenizers` backend (a Python-only "
                               f"{type(base._tok).__name__}): the export cannot add special tokens or a chat "
@@ -280,7 +285,8 @@ def compare(tokenizer, out: str, chat_format=None) -> list[str]:
     hf = AutoTokenizer.from_pretrained(out, local_files_only=True)
     specials = list(_added_ids(tokenizer))
     texts = list(_PROBE_TEXTS)
-    for i, token in enumerate(specials):
+    hf_format = chat_format is not None and chat_format.name == "hf"  # rendered by transformers in training too
+    for i, token in enumerate([] if hf_format else specials):
         texts.append(f"{token}user\nHi there{specials[(i + 1) % len(specials)]} {_PROBE_TEXTS[i % 5]}{token}")
     problems = []
 
@@ -342,7 +348,8 @@ class TokenizerExport:
         if tokenizer is None:
             copy_run_tokenizer(self.root, self.args, out)
             return
-        write_tokenizer(tokenizer, out, fmt.chat_template if fmt else None)
+        every_piece = fmt is None or fmt.name != "hf"
+        write_tokenizer(tokenizer, out, fmt.chat_template if fmt else None, every_piece)
         if fmt is not None:
             write_generation_config(out, end_of_reply_id(tokenizer, fmt), tokenizer.bos, tokenizer.pad)
         for problem in compare(tokenizer, out, fmt):

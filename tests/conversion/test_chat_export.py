@@ -144,6 +144,36 @@ def test_exported_chat_template_gives_the_trained_ids(imported, run_tokenizers, 
         assert generation["bos_token_id"] == trainer.bos
 
 
+@pytest.mark.parametrize("kind", ("hf-llama", "hf-bytelevel"))
+def test_hf_format_exports_the_directory_template_with_the_added_tokens(imported, run_tokenizers, tmp_path, capsys,
+                                                                        kind):
+    """--chat-format hf: the run's tokenizer directory's own chat_template (rendered by transformers in training
+    too), exported with the run's added tokens; transformers gives the trained ids."""
+    from transformers import AutoTokenizer
+
+    from megatron_ext.data.chat_formats import get_chat_format
+
+    directory = tmp_path / "tokenizer"
+    source = AutoTokenizer.from_pretrained(run_tokenizers[kind][1], local_files_only=True)
+    source.chat_template = get_chat_format("chatml").chat_template
+    source.save_pretrained(directory)
+    tokenizer = ("HuggingFaceTokenizer", str(directory))
+    specials = ["<|im_start|>", "<|im_end|>"]
+    run = _run_checkpoint(imported, tmp_path / "run", tokenizer, specials, chat_format="hf")
+    megatron_to_hf(str(run), str(tmp_path / "hf"), progress=False)
+    assert "warning" not in capsys.readouterr().err
+    fmt = get_chat_format("hf", str(directory))
+    trainer = build_tokenizer(*tokenizer, special_tokens=specials, vocab_pad_to=ROWS)
+    hf = AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True)
+    assert {t: hf.convert_tokens_to_ids(t) for t in specials} == {t: trainer.vocab[t] for t in specials}
+    for messages in CONVERSATIONS:
+        assert _ids(hf.apply_chat_template(messages, tokenize=True)) == fmt.render(messages, trainer)[0]
+        assert _ids(hf.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True)) == \
+            fmt.render_prompt(messages[:-1], trainer)
+    generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert hf.convert_ids_to_tokens(generation["eos_token_id"]) == fmt.end_of_reply
+
+
 def test_no_chat_format_exports_the_added_tokens_and_no_template(imported, run_tokenizers, tmp_path, capsys):
     """Pretraining with --special-tokens (Crystal's): the tokens are exported, and the SentencePiece tokenizer
     encodes every text as the trainer did, spaces at the start of a piece included."""
