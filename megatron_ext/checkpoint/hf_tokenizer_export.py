@@ -39,7 +39,7 @@ from megatron_ext.checkpoint.hf_arch import ConversionError
 NO_CHAT_FORMAT = ("none", "")  # --chat-format none: export without a chat template
 TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 
-# A conversation rendered both ways at export time (and by the tests): system, two user turns, two replies,
+# A conversation rendered both ways at export time: system, two user turns, two replies,
 # leading/trailing spaces and newlines inside contents, non-ASCII text.
 SAMPLE_CONVERSATION = (
     {"role": "system", "content": "You are a helpful assistant."},
@@ -67,8 +67,13 @@ def run_tokenizer(root: str, args: dict):
         model = carried
     if not os.path.exists(model):
         return None
-    return build_tokenizer(kind, model, args.get("vocab_size"), special_tokens=args.get("special_tokens"),
-                           vocab_pad_to=args.get("vocab_pad_to"))
+    try:
+        return build_tokenizer(kind, model, args.get("vocab_size"), special_tokens=args.get("special_tokens"),
+                               vocab_pad_to=args.get("vocab_pad_to"))
+    except (OSError, ValueError) as exc:
+        raise ConversionError(f"cannot rebuild the run's tokenizer ({kind} {model}, --special-tokens "
+                              f"{args.get('special_tokens')}, --vocab-pad-to {args.get('vocab_pad_to')}): "
+                              f"{exc}") from None
 
 
 def _base(tokenizer):
@@ -204,9 +209,8 @@ def write_tokenizer(tokenizer, out: str, chat_template: str | None = None, every
     is_sp = hasattr(base, "_sp")
     backend = _sentencepiece_backend(base.path) if is_sp else _hf_backend(base._tok, every_piece)
     if backend is None:
-        raise ConversionError(f"the tokenizer in {base.path} has no `tokenizers` backend (a Python-only "
-                              f"{type(base._tok).__name__}): the export cannot add special tokens or a chat "
-                              "template to it faithfully; convert it to a fast tokenizer (tokenizer.json) first")
+        raise ConversionError(f"the tokenizer in {base.path} has no `tokenizers` backend; convert it to a fast "
+                              "tokenizer (tokenizer.json) first")
     added = _added_ids(tokenizer)
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in added])
     wrong = {t: (backend.token_to_id(t), i) for t, i in added.items() if backend.token_to_id(t) != i}
@@ -337,6 +341,11 @@ class TokenizerExport:
                 f"the export needs the run's tokenizer for {what}, and the checkpoint's tokenizer "
                 f"({args.get('tokenizer_type')} {args.get('tokenizer_model')}) is not available: put the tokenizer "
                 "back at that path" + (", or pass --chat-format none" if self.name else ""))
+        base = _base(self.tokenizer)
+        if not hasattr(base, "_sp") and getattr(base._tok, "backend_tokenizer", None) is None:
+            raise ConversionError(f"the tokenizer in {base.path} has no `tokenizers` backend (a Python-only "
+                                  f"{type(base._tok).__name__}): the export cannot add special tokens or a chat "
+                                  "template to it faithfully; convert it to a fast tokenizer (tokenizer.json) first")
         self.format = _chat_format(self.name, self.tokenizer) if self.name else None
 
     def write(self, out: str) -> None:
