@@ -64,6 +64,8 @@ def encode_prompts(prompts: list, tokenizer, chat_format=None, add_bos: bool = F
             if tokenizer.bos is None or tokenizer.bos < 0:
                 raise ValueError("--add-bos: the tokenizer has no BOS token")
             ids = [tokenizer.bos] + ids
+        if not ids:
+            raise ValueError(f"prompt {index} is empty (no tokens): give it some text, or pass --add-bos")
         encoded.append(ids)
     return encoded
 

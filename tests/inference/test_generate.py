@@ -5,8 +5,9 @@ and its continuations depend on more than the last token: attention and the KV c
 tools/convert_to_hf.py, and generated from with prompts of four lengths in one batch. Greedy output at TP1 and
 TP2 equals transformers' greedy generate() on each prompt alone, token for token, with each token's
 log-probability within 1e-4 (so a KV-cache error that leaves the argmax alone still fails); sampling with one
---seed gives the same tokens at TP1 in one batch and at TP2 one prompt at a time; a stop string cuts the text
-where transformers' greedy text has it, and generation stops there. All five launches start together."""
+--seed gives the same tokens on two data-parallel replicas (two prompts to a batch) and at TP2 one prompt at a
+time; at PP2 a stop string cuts the text where transformers' greedy text has it, generation stops there, and
+the other prompts' greedy tokens are transformers'. All five launches start together."""
 
 import json
 import subprocess
@@ -37,9 +38,10 @@ def progressions(prefix, documents: int = 400) -> None:
     builder.finalize(f"{prefix}.idx")
 
 
-def start_generate(ckpt, out, tp: int, *flags) -> subprocess.Popen:
-    cmd = torchrun_cmd(tp, str(REPO / "tools/generate.py")) + [
-        "--load", str(ckpt), "--tensor-model-parallel-size", str(tp), "--device", "cpu", "--prompts-file",
+def start_generate(ckpt, out, tp: int, *flags, pp: int = 1, nproc: int | None = None) -> subprocess.Popen:
+    cmd = torchrun_cmd(nproc or tp * pp, str(REPO / "tools/generate.py")) + [
+        "--load", str(ckpt), "--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp),
+        "--device", "cpu", "--prompts-file",
         str(ckpt.parent / "prompts.jsonl"), "--max-new-tokens", str(NEW_TOKENS), "--output", str(out), *flags]
     return subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
@@ -86,8 +88,9 @@ def generated(tmp_path_factory):
     ckpt = root / "ckpt"
     runs = {"greedy-tp1": start_generate(ckpt, root / "greedy-tp1.jsonl", 1),
             "greedy-tp2": start_generate(ckpt, root / "greedy-tp2.jsonl", 2),
-            "stop-tp1": start_generate(ckpt, root / "stop-tp1.jsonl", 1, "--stop", stop, "zzz"),
-            "sample-tp1": start_generate(ckpt, root / "sample-tp1.jsonl", 1, *SAMPLING),
+            "stop-pp2": start_generate(ckpt, root / "stop-pp2.jsonl", 1, "--stop", stop, "zzz", pp=2),
+            # Two data-parallel replicas, each with two of the prompts in one batch.
+            "sample-dp2": start_generate(ckpt, root / "sample-dp2.jsonl", 1, *SAMPLING, nproc=2),
             "sample-tp2-one-at-a-time": start_generate(ckpt, root / "sample-tp2-one-at-a-time.jsonl", 2, *SAMPLING,
                                                        "--max-batch-size", "1")}
     outputs = {}
@@ -116,8 +119,9 @@ def test_greedy_equals_transformers_token_for_token(generated, run):
 
 def test_stop_string_cuts_the_text_and_stops_generation(generated):
     stop, cut_any = generated["stop"], False
-    for i, (ours, ref) in enumerate(zip(generated["stop-tp1"], generated["reference"])):
+    for i, (ours, ref) in enumerate(zip(generated["stop-pp2"], generated["reference"])):
         full = ref["decode"](ref["tokens"])
+        assert np.allclose(ours["logprobs"], ref["logprobs"][:len(ours["logprobs"])], atol=1e-4), i
         if stop not in full:
             assert ours["tokens"] == ref["tokens"] and ours["finish_reason"] != "stop"
             continue
@@ -130,7 +134,7 @@ def test_stop_string_cuts_the_text_and_stops_generation(generated):
 
 
 def test_sampling_is_reproducible_with_a_seed_at_any_layout_and_batch(generated):
-    one_batch, one_at_a_time = generated["sample-tp1"], generated["sample-tp2-one-at-a-time"]
+    one_batch, one_at_a_time = generated["sample-dp2"], generated["sample-tp2-one-at-a-time"]
     assert [r["tokens"] for r in one_batch] == [r["tokens"] for r in one_at_a_time]
     for a, b in zip(one_batch, one_at_a_time):
         assert np.allclose(a["logprobs"], b["logprobs"], atol=1e-4)
