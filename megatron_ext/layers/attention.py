@@ -2,7 +2,8 @@
 
 The model is built with position_embedding_type='none' so megatron-core's SelfAttention hands the
 un-rotated q/k ([seq, batch, heads, head_dim]) to this module, which owns RoPE (full or partial,
-half-split or interleaved, any base) and the attention kernel. No O(seq^2) mask is materialised.
+half-split or interleaved, any base) and the attention kernel. No O(seq^2) mask is materialised, except
+for packed fine-tuning rows on SDPA (a block-diagonal causal mask; flash-attn's varlen kernel needs none).
 Attention dropout (--attention-dropout, config.attention_dropout) is applied by the kernel itself (SDPA's
 and flash-attn's dropout_p) in training mode, under megatron's model-parallel RNG as megatron-core's own
 core attention does, so each tensor-parallel rank drops different heads' probabilities.
