@@ -98,6 +98,9 @@ def write_jsonl_atomic(path: str, records: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for flag, value in (("--max-new-tokens", args.max_new_tokens), ("--max-batch-size", args.max_batch_size)):
+        if value < 1:
+            raise SystemExit(f"error: {flag} must be at least 1, got {value}")
     sampling = sampling_from(args)
     prompts = args.prompt
     if args.prompts_file:

@@ -148,3 +148,24 @@ def test_chat_prompts_render_with_the_format_and_stop_at_its_end_of_reply(tmp_pa
     assert stop_rule(tokenizer, [], None, ignore_eos=True).token_ids == frozenset()
     with pytest.raises(ValueError, match="--chat-format"):
         encode_prompts([messages], tokenizer, None)
+
+
+def test_command_line_mistakes_stop_before_any_process_group(capsys):
+    import importlib.util
+
+    from launch import REPO
+
+    spec = importlib.util.spec_from_file_location("generate_tool", REPO / "tools" / "generate.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    cases = {("--greedy", "--temperature", "0.7"): "--greedy cannot be combined",
+             ("--max-new-tokens", "0"): "--max-new-tokens must be at least 1",
+             ("--top-p", "0"): "--top-p must be in",
+             ("--prompts-file", "/nonexistent/prompts.jsonl"): "No such file"}
+    for flags, message in cases.items():
+        source = [] if "--prompts-file" in flags else ["--prompt", "w5"]
+        with pytest.raises(SystemExit, match=message):
+            tool.main(["--load", "/nonexistent", *source, *flags])
+    assert tool.sampling_from(tool.build_parser().parse_args(["--load", "x", "--prompt", "a"])).greedy
+    sampled = tool.sampling_from(tool.build_parser().parse_args(["--load", "x", "--prompt", "a", "--top-k", "5"]))
+    assert (sampled.greedy, sampled.top_k, sampled.top_p, sampled.temperature) == (False, 5, 1.0, 1.0)
