@@ -15,7 +15,7 @@ import shutil
 import pytest
 import torch
 from conversion_helpers import load_common, save_common
-from launch import REPO
+from launch import REPO, run_pretrain
 
 from megatron_ext.checkpoint.convert import ConversionError, hf_to_megatron, megatron_to_hf
 from megatron_ext.data.tokenizers import build_tokenizer, train_sentencepiece
@@ -241,3 +241,42 @@ def test_cli_chat_format_none_and_save_alias(imported, run_tokenizers, tmp_path,
     assert generation["eos_token_id"] == source["eos_token_id"] != trainer.vocab["<|im_end|>"]
     hf = AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True)
     assert {t: hf.convert_tokens_to_ids(t) for t in specials} == {t: trainer.vocab[t] for t in specials}
+
+
+def test_fine_tuning_run_exports_the_ids_it_trained_on(run_tokenizers, tmp_path, capsys):
+    """The whole path: tools/preprocess_sft.py's files, one fine-tuning iteration of pretrain_llama.py (which
+    records --special-tokens and --chat-format), tools/convert_to_hf.py with no chat flag: transformers renders
+    every conversation of the data to the very ids in the trained .bin file, and generation ends at the end of
+    reply the data recorded."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from transformers import AutoTokenizer
+
+    from megatron_ext.data.sft_preprocess import preprocess_sft
+
+    conversations = [[{"role": "system", "content": "Answer with one number."},
+                      {"role": "user", "content": f"What is {i} plus {i % 3}?"},
+                      {"role": "assistant", "content": f"It is {i + i % 3}."},
+                      {"role": "user", "content": " And twice that?"},
+                      {"role": "assistant", "content": f"{2 * (i + i % 3)}"}] for i in range(16)]
+    source = tmp_path / "chat.jsonl"
+    source.write_text("".join(json.dumps({"messages": m}) + "\n" for m in conversations))
+    tokenizer = run_tokenizers["hf-llama"]
+    prefix, _, meta = preprocess_sft(str(source), str(tmp_path / "sft"), "crystalchat", tokenizer_type=tokenizer[0],
+                                     tokenizer_model=tokenizer[1], progress=False)
+    run_pretrain(["--model-preset", "tiny", "--tokenizer-type", tokenizer[0], "--tokenizer-model", tokenizer[1],
+                  "--special-tokens", ",".join(meta["special_tokens"]), "--chat-format", "crystalchat",
+                  "--data-path", prefix, "--split", "100,0,0", "--seq-length", 128, "--micro-batch-size", 2,
+                  "--global-batch-size", 2, "--train-iters", 1, "--lr", 1e-4, "--device", "cpu",
+                  "--save", tmp_path / "ckpt"])
+    spec = importlib.util.spec_from_file_location("convert_to_hf", REPO / "tools" / "convert_to_hf.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--load", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf"), "--no-progress"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    hf = AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True)
+    trained = IndexedDataset(prefix)
+    assert len(trained) == len(conversations)
+    for i, messages in enumerate(conversations):
+        assert _ids(hf.apply_chat_template(messages, tokenize=True)) == trained[i].tolist(), i
+    generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == meta["end_of_reply_id"]
