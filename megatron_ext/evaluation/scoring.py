@@ -9,10 +9,11 @@ the export's tokenizer adds by default (a BOS for LLaMA-style tokenizers, nothin
 (max_position_embeddings) keeps its last max_length + 1 tokens.
 
 Each row is the input row[:-1] with labels row[1:]; the continuation's tokens are the last labels. Rows are
-padded at the end to one length per task (the longest row, rounded up to a multiple of TP for sequence
-parallelism; causal attention never looks at the padding) and split over data-parallel ranks in contiguous
-blocks; each rank runs megatron-core's forward-only pipeline schedule once over its micro-batches (one
-forward per micro-batch of rows, not one per choice), the last pipeline stage takes per-token
+sorted by length and taken in groups of MICRO_BATCHES_PER_CALL micro-batches per data-parallel rank; a group is
+padded at the end to its longest row (rounded up to a multiple of TP for sequence parallelism; causal attention
+never looks at the padding) and split over data-parallel ranks in contiguous blocks; each rank runs
+megatron-core's forward-only pipeline schedule once per group (one forward per micro-batch of rows, not one per
+choice), the last pipeline stage takes per-token
 log-probabilities as -vocab_parallel_cross_entropy of the vocabulary-masked logits (exact at any TP; μP's
 output multiplier is inside the model), sums each row's continuation in float64, and the sums are
 all-gathered over the data-parallel group.
@@ -133,9 +134,33 @@ def _forward_step(data_iterator, model):
                            batch["mask"])
 
 
+# Micro-batches per schedule call: rows are sorted by length and each call pads to its own longest row (a task's
+# few long rows do not pad all the others), while enough micro-batches per call keep the pipeline's fill and
+# drain small.
+MICRO_BATCHES_PER_CALL = 16
+
+
 def loglikelihoods(model, rows, micro_batch_size: int) -> np.ndarray | None:
     """Summed continuation log-probabilities (float64) of `rows` (encode_requests), in order, on the last
     pipeline stage (None on the others). Every rank of the model's groups calls it with the same rows."""
+    dp_size = parallel_state.get_data_parallel_world_size()
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+    per_call = dp_size * micro_batch_size * MICRO_BATCHES_PER_CALL
+    out = np.zeros(len(rows), dtype=np.float64)
+    for chunk in model:
+        chunk.eval()
+    for start in range(0, len(rows), per_call):
+        indices = order[start:start + per_call]
+        sums = _call_schedule(model, [rows[i] for i in indices], micro_batch_size)
+        if sums is not None:
+            out[indices] = sums
+    for chunk in model:
+        chunk.train()
+    return out if parallel_state.is_pipeline_last_stage(ignore_virtual=True) else None
+
+
+def _call_schedule(model, rows, micro_batch_size: int) -> np.ndarray | None:
+    """One forward-only schedule call over `rows`, split over data-parallel ranks in contiguous blocks."""
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
     tp_size = parallel_state.get_tensor_model_parallel_world_size()
@@ -149,15 +174,11 @@ def loglikelihoods(model, rows, micro_batch_size: int) -> np.ndarray | None:
     mine = padded[dp_rank * per_rank:(dp_rank + 1) * per_rank]
     length = _padded_length(rows, tp_size)
     iterators = [_micro_batches(mine, length, micro_batch_size) for _ in model]
-    for chunk in model:
-        chunk.eval()
     with torch.no_grad():
         outputs = get_forward_backward_func()(
             forward_step_func=_forward_step, data_iterator=iterators if len(model) > 1 else iterators[0],
-            model=model if len(model) > 1 else model[0], num_microbatches=per_rank // micro_batch_size,
+            model=model if len(model) > 1 else model[0], num_microbatches=microbatches,
             seq_length=length, micro_batch_size=micro_batch_size, forward_only=True)
-    for chunk in model:
-        chunk.train()
     if not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
         return None
     local = torch.cat([out["loglikelihoods"] for out in outputs])

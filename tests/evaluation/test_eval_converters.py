@@ -69,7 +69,9 @@ def _write(path, rows):
 def harness_tasks(tmp_path_factory):
     """The harness's tasks, built from its installed YAML over local copies of ROWS."""
     root = tmp_path_factory.mktemp("harness")
-    os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=str(root / "cache"))
+    patch = pytest.MonkeyPatch()  # the datasets library reads these: offline, and its cache under root
+    for key, value in (("HF_DATASETS_OFFLINE", "1"), ("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_CACHE", str(root / "cache"))):
+        patch.setenv(key, value)
     import lm_eval
     from lm_eval.tasks import TaskManager, get_task_dict
 
@@ -88,8 +90,11 @@ def harness_tasks(tmp_path_factory):
             f"dataset_path: json\ndataset_name: null\ndataset_kwargs:\n  data_files: {json.dumps(files)}\n"
             f"training_split: null\nvalidation_split: null\ntest_split: test\n{extra}")
     manager = TaskManager(include_path=str(root / "yaml"), include_defaults=False)
-    tasks = get_task_dict([f"local_{fmt}" for fmt in ROWS], manager)
-    return root, {fmt: tasks[f"local_{fmt}"] for fmt in ROWS}
+    try:
+        tasks = get_task_dict([f"local_{fmt}" for fmt in ROWS], manager)
+        yield root, {fmt: tasks[f"local_{fmt}"] for fmt in ROWS}
+    finally:
+        patch.undo()
 
 
 @pytest.mark.parametrize("fmt", sorted(ROWS))
