@@ -80,6 +80,8 @@ def _validate_finetuning(args) -> None:
     from megatron_ext.data.sft_dataset import epoch_samples, has_conversation_data
 
     args.conversation_data = not args.mock_data and has_conversation_data(args.data_path)
+    if args.conversation_data:
+        _resolve_chat_format(args)
     if args.pretrained_checkpoint and not os.path.isdir(args.pretrained_checkpoint):
         raise ConfigError(f"--pretrained-checkpoint {args.pretrained_checkpoint} is not a directory: pass a checkpoint "
                           "saved by pretrain_llama.py or written by tools/convert_from_hf.py")
@@ -93,6 +95,20 @@ def _validate_finetuning(args) -> None:
     if args.train_epochs < 1:
         raise ConfigError(f"--train-epochs {args.train_epochs} must be at least 1")
     args.train_samples = epoch_samples(args, args, args.train_epochs)
+
+
+def _resolve_chat_format(args) -> None:
+    """--chat-format defaults to the one the conversation data was rendered with (its .json record), so the
+    checkpoint records it for the export and generation; a flag that contradicts the data is refused."""
+    from megatron_ext.data.sft_dataset import recorded_chat_formats
+
+    recorded = recorded_chat_formats(args.data_path)
+    if args.chat_format is None and len(set(recorded.values())) == 1:
+        args.chat_format = next(iter(recorded.values()))
+    for prefix, name in recorded.items():
+        if args.chat_format is not None and name != args.chat_format:
+            raise ConfigError(f"--chat-format {args.chat_format} but {prefix} was rendered with {name} "
+                              "(its .json record): train one format per run, or re-run tools/preprocess_sft.py")
 
 
 def _validate_schedule(args) -> None:

@@ -36,6 +36,15 @@ def has_conversation_data(data_path) -> bool:
     return any(is_conversation_prefix(p) for p in prefixes)
 
 
+def recorded_chat_formats(data_path) -> dict:
+    """{conversation prefix: the chat format its .json record names}, for the prefixes that record one."""
+    from megatron.core.datasets.utils import get_blend_from_list
+
+    prefixes, _ = get_blend_from_list(list(data_path))
+    return {p: _sidecar(p)["chat_format"] for p in prefixes
+            if is_conversation_prefix(p) and _sidecar(p).get("chat_format")}
+
+
 def _indexed(prefix: str):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 

@@ -34,3 +34,14 @@ def random_conversations(count: int, vocab_size: int, seed: int, min_len: int = 
         reply = [(prompt[i % prompt_len] + 1) % vocab_size for i in range(reply_len)]
         conversations.append((prompt + reply, [0] * prompt_len + [1] * reply_len))
     return conversations
+
+
+def write_text(prefix: str, count: int, vocab_size: int, seed: int) -> str:
+    """Plain-text documents (as tools/preprocess_data.py writes them): every token trained."""
+    rng = np.random.default_rng(seed)
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.int32)
+    for _ in range(count):
+        doc = rng.integers(0, vocab_size, int(rng.integers(20, 150)), dtype=np.int32)
+        builder.add_document(doc, [len(doc)])
+    builder.finalize(prefix + ".idx")
+    return prefix
