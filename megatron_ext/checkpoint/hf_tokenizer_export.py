@@ -200,8 +200,8 @@ def _source_config(tokenizer) -> dict:
 def write_tokenizer(tokenizer, out: str, chat_template: str | None = None, every_piece: bool = True) -> list[str]:
     """OUT/tokenizer.json and tokenizer_config.json for the run's TOKENIZER (a SentencePieceTokenizer or
     HuggingFaceTokenizer, optionally wrapped with special tokens), plus tokenizer.model for a SentencePiece
-    one (its base vocabulary, for SentencePiece users). Returns the names written. EVERY_PIECE: see
-    _hf_backend."""
+    one (its base vocabulary, for SentencePiece users). Returns the names written. CHAT_TEMPLATE: None keeps
+    an HF source's own template. EVERY_PIECE: see _hf_backend."""
     from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
 
@@ -222,12 +222,11 @@ def write_tokenizer(tokenizer, out: str, chat_template: str | None = None, every
              "pad_token": _piece(tokenizer, tokenizer.pad)}
     names["unk_token"] = base._sp.id_to_piece(base._sp.unk_id()) if is_sp else base._tok.unk_token
     config = {**_source_config(tokenizer), **{k: v for k, v in names.items() if v is not None}}
+    if chat_template is None and not is_sp:  # no format given: the HF source's own template, if any, as a copy has
+        chat_template = base._tok.chat_template if isinstance(base._tok.chat_template, str) else None
     os.makedirs(out, exist_ok=True)
-    for name in TEMPLATE_FILES:  # a stale template file would override tokenizer_config.json's
-        if os.path.exists(os.path.join(out, name)):
-            os.remove(os.path.join(out, name))
     PreTrainedTokenizerFast(tokenizer_object=backend, **config).save_pretrained(out)
-    for name in TEMPLATE_FILES:
+    for name in TEMPLATE_FILES:  # a template file would override tokenizer_config.json's
         if os.path.exists(os.path.join(out, name)):
             os.remove(os.path.join(out, name))
     path = os.path.join(out, "tokenizer_config.json")

@@ -172,6 +172,10 @@ def test_hf_format_exports_the_directory_template_with_the_added_tokens(imported
             fmt.render_prompt(messages[:-1], trainer)
     generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
     assert hf.convert_ids_to_tokens(generation["eos_token_id"]) == fmt.end_of_reply
+    # --chat-format none: no format's template, the directory's own one kept (as a plain copy keeps it).
+    megatron_to_hf(str(run), str(tmp_path / "none"), progress=False, chat_format="none")
+    saved = json.loads((tmp_path / "none" / "tokenizer_config.json").read_text())
+    assert saved["chat_template"] == source.chat_template
 
 
 def test_no_chat_format_exports_the_added_tokens_and_no_template(imported, run_tokenizers, tmp_path, capsys):
