@@ -45,6 +45,7 @@ class TrainLogger:
         self._losses: list[float] = []
         self.fine_tuning = run.data.conversation_data  # also logs trained tokens/s and the padding fraction
         self._counts = {"trained tokens": 0.0, "real tokens": 0.0, "positions": 0.0}
+        self._metrics: dict[str, list] = {}  # objective metrics named "group/name" (DPO: TRL's rewards/..., logps/...)
 
     def start_window(self):
         """Timing restarts after evaluation and saving, so throughput counts training steps only."""
@@ -59,10 +60,14 @@ class TrainLogger:
             self._losses.append(loss)
         for key in self._counts:
             self._counts[key] += (totals or {}).get(key, 0.0)
+        for key, value in (totals or {}).items():
+            if "/" in key:
+                self._metrics.setdefault(key, []).append(value)
         training = self.training
         if state.iteration % self.logging.log_interval and state.iteration != training.train_iters:
             return
-        loss = sum(self._losses) / len(self._losses) if self._losses else float("nan")
+        # None: no batch of the interval trained a token (fine-tuning rows that are all prompt): no loss to log.
+        loss = sum(self._losses) / len(self._losses) if self._losses else None
         self._losses = []
         elapsed = (time.perf_counter() - self._window_start) / max(self._window_iters, 1)
         phases = self.timers.take(self._window_iters) if self.timers else {}
@@ -76,7 +81,7 @@ class TrainLogger:
                     f" elapsed time per iteration (ms): {elapsed * 1000:.1f} |"
                     f" learning rate: {lr:.6E} |"
                     f" global batch size: {training.global_batch_size:5d} |"
-                    f" lm loss: {loss:.6E} |"
+                    + (f" lm loss: {loss:.6E} |" if loss is not None else " lm loss: n/a (no trained token) |")
                     + (f" loss scale: {loss_scale:.1f} |" if self.fp16 else "")
                     + f" grad norm: {grad} |"
                     f" tokens per second: {tokens_per_s:.1f} |"
@@ -87,9 +92,11 @@ class TrainLogger:
                 print(" time (ms) per iteration | " + " | ".join(f"{name}: {ms:.2f}" for name, ms in phases.items())
                       + " |", flush=True)
             # Megatron-LM's tags (training.py's training_log); "throughput" is its TFLOP/s per GPU.
-            scalars = {"lm loss": loss, "learning-rate": lr, "batch-size": training.global_batch_size,
+            scalars = {"learning-rate": lr, "batch-size": training.global_batch_size,
                        "loss-scale": loss_scale, "tokens-per-second": tokens_per_s,
                        "tflops-per-device": tflops, "throughput": tflops, **self._memory()}
+            if loss is not None:
+                scalars = {"lm loss": loss, **scalars}
             if grad_norm is not None:
                 scalars["grad-norm"] = grad_norm
             scalars.update({f"{name}-time": ms for name, ms in phases.items()})  # Megatron-LM's timer tags
@@ -97,6 +104,11 @@ class TrainLogger:
                 scalars["mfu-percent"] = 100.0 * tflops / self.peak
             if self.fine_tuning:
                 scalars.update(self._fine_tuning_scalars(elapsed * self._window_iters))
+            if self._metrics:  # averaged over the logging interval, under the names users know (TRL's)
+                metrics = {key: sum(v) / len(v) for key, v in self._metrics.items()}
+                print(" " + " | ".join(f"{key}: {value:.6g}" for key, value in metrics.items()) + " |", flush=True)
+                scalars.update(metrics)
+                self._metrics = {}
             self._write(scalars, state, extra={"elapsed_ms": elapsed * 1000})
         self.start_window()
 

@@ -34,10 +34,12 @@ def connect_schedule(config, model, optimizer, parallel) -> None:
         config.param_sync_func = gather[0] if len(model) == 1 else gather
 
 
-def run_microbatches(model, data_iterators, training, forward_only: bool):
+def run_microbatches(model, data_iterators, training, forward_only: bool, objective=None):
+    """objective: None for next-token prediction, or e.g. preference/objective.py's DPOObjective (its
+    forward_step, and loss_and_totals for the reported sums)."""
     schedule = get_forward_backward_func()
     return schedule(
-        forward_step_func=forward_step,
+        forward_step_func=objective.forward_step if objective else forward_step,
         data_iterator=data_iterators if len(model) > 1 else data_iterators[0],
         model=model if len(model) > 1 else model[0],
         num_microbatches=training.num_microbatches,
@@ -66,38 +68,60 @@ def average_loss(losses_reduced) -> float | None:
     return totals["loss sum"] / totals["trained tokens"]
 
 
+def trains_no_token(model, losses_reduced) -> bool:
+    """Fine-tuning (the loss averaged over the global batch's trained tokens) only: whether no rank's batch
+    had a trained token, agreed by every rank (only the last pipeline stage counts them)."""
+    from megatron.core.utils import get_model_config
+
+    if not get_model_config(model[0]).calculate_per_token_loss:
+        return False
+    device = next(model[0].parameters()).device
+    count = torch.zeros(1, device=device)
+    if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+        count += sum(float(entry["lm loss"][1]) for entry in losses_reduced)
+    dist.all_reduce(count)
+    return count.item() == 0
+
+
 def base_lr(scheduler) -> float:
     """The scheduled LR of parameters without a per-group (μP) override."""
     return scheduler.get_lr({})
 
 
-def train_step(model, optimizer, scheduler, data_iterators, training, timers: PhaseTimers = NO_TIMERS):
+def train_step(model, optimizer, scheduler, data_iterators, training, timers: PhaseTimers = NO_TIMERS,
+               objective=None):
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     with timers.phase("forward-backward"):
-        losses = run_microbatches(model, data_iterators, training, forward_only=False)
+        losses = run_microbatches(model, data_iterators, training, forward_only=False, objective=objective)
+    if objective is None and trains_no_token(model, losses):  # zero gradient: no step (Adam's state, decay stay)
+        scheduler.step(increment=training.global_batch_size)
+        return None, None, batch_totals(losses)
     with timers.phase("optimizer"):
         succeeded, grad_norm, _ = optimizer.step()
     if succeeded:  # fp16 skips the step when gradients overflowed
         scheduler.step(increment=training.global_batch_size)
+    if objective:
+        loss, totals = objective.loss_and_totals(losses)
+        return loss, grad_norm, totals
     return average_loss(losses), grad_norm, batch_totals(losses)
 
 
-def evaluate(model, data_iterators, training, eval_iters: int) -> float | None:
+def evaluate(model, data_iterators, training, eval_iters: int, objective=None) -> float | None:
     for chunk in model:
         chunk.eval()
     losses = []
     with torch.no_grad():
         for _ in range(eval_iters):
-            losses += run_microbatches(model, data_iterators, training, forward_only=True)
+            losses += run_microbatches(model, data_iterators, training, forward_only=True, objective=objective)
     for chunk in model:
         chunk.train()
-    return average_loss(losses)
+    return objective.loss_and_totals(losses)[0] if objective else average_loss(losses)
 
 
 def train(run, model, optimizer, scheduler, state: TrainState, train_iters, validation_loss, logger, save_fn,
-          stop_check, timers: PhaseTimers = NO_TIMERS):
+          stop_check, timers: PhaseTimers = NO_TIMERS, objective=None):
     """Runs (RunConfig `run`) until --train-iters or until stop_check says to stop. Returns (validation loss at the
     last iteration if evaluated there, why it stopped early or None). validation_loss() evaluates
     (None: never); save_fn(state) saves."""
@@ -107,7 +131,7 @@ def train(run, model, optimizer, scheduler, state: TrainState, train_iters, vali
     last_valid = None
     training, save_every = run.training, run.checkpoint.save_interval if run.checkpoint.save else None
     while state.iteration < training.train_iters:
-        loss, grad_norm, totals = train_step(model, optimizer, scheduler, train_iters, training, timers)
+        loss, grad_norm, totals = train_step(model, optimizer, scheduler, train_iters, training, timers, objective)
         state.iteration += 1
         state.consumed_samples += training.global_batch_size
         logger.training_step(state, loss, base_lr(scheduler), grad_norm, optimizer.get_loss_scale().item(),

@@ -36,6 +36,13 @@ def runs(tmp_path_factory):
                                   + (["--save", str(root / "dp2_ckpt"), "--save-interval", "2"] if name == "dp2" else []),
                                   nproc=n)
              for name, (n, flags) in LAYOUTS.items()}
+    # Conversations with nothing to train (every mask 0): no loss, no NaN, and no optimizer step.
+    silent = write_conversations(str(root / "silent"), [(ids, [0] * len(ids)) for ids, _ in
+                                                        random_conversations(20, VOCAB - 1, seed=3)], VOCAB)
+    procs["untrained"] = start_pretrain(COMMON + ["--data-path", silent, "--vocab-size", str(VOCAB - 1),
+                                                  "--train-iters", "2", "--micro-batch-size", "2", "--save",
+                                                  str(root / "untrained"), "--save-interval", "1", "--log-json",
+                                                  str(root / "untrained.jsonl")])
     outputs = wait_all(procs)
     at2 = root / "dp2_ckpt" / "at2"  # the DP2 run's checkpoint at iteration 2, as its own --load directory
     at2.mkdir()
@@ -97,3 +104,13 @@ def test_a_fine_tuning_run_resumes_exactly_from_its_own_checkpoint(runs):
     resumed, uninterrupted = read_log(root / "resumed.jsonl"), read_log(root / "dp2.jsonl")
     assert sorted(resumed) == [3]
     assert resumed[3] == uninterrupted[3]  # same data position, optimizer, schedule: bit for bit
+
+
+def test_a_batch_without_trained_tokens_logs_no_loss_and_takes_no_step(runs):
+    root, outputs = runs
+    records = [json.loads(line) for line in (root / "untrained.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [1, 2] and not any("lm loss" in r for r in records)
+    assert "lm loss: n/a (no trained token)" in outputs["untrained"] and "nan" not in outputs["untrained"].lower()
+    first, second = (stored_tensors(root / "untrained" / f"iter_000000{i}") for i in (1, 2))
+    weights = [name for name in first if name.startswith(("decoder.", "embedding."))]
+    assert weights and all(torch.equal(first[name], second[name]) for name in weights)
