@@ -20,7 +20,7 @@ demo: $(STAMP)
 	PYTHON=$(VPY) bash examples/demo.sh
 
 test: $(STAMP)
-	$(VPY) -m pytest tests -q -p no:cacheprovider; status=$$?; \
+	$(VPY) -m pytest tests -q -p no:cacheprovider --durations=30; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$status
 
 # The edit-test loop: the tests that start no process (tests/conftest.py marks the others `launches`).
