@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         if platform.rank == 0:
             for prompt, result in zip(prompts, results):
                 shown = prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)
-                print(f"----- prompt {result.index} ({result.finish_reason}) -----\n{shown}{result.text}", flush=True)
+                print(f"----- prompt {result.index} -----\n{shown}\n----- completion {result.index} "
+                      f"({result.finish_reason}) -----\n{result.text}", flush=True)
             if args.output:
                 write_jsonl_atomic(args.output, [dict(r.as_record(), prompt=p) for p, r in zip(prompts, results)])
         torch.distributed.barrier()

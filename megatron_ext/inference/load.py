@@ -43,6 +43,9 @@ def inference_argv(load: str, tp: int, pp: int, world_size: int, device: str, sa
         raise SystemExit(f"error: {world_size} processes cannot hold TP{tp} x PP{pp}: launch a multiple of {tp * pp} "
                          "processes (torchrun --nproc-per-node)")
     precision = ["--bf16"] if saved_args.get("bf16") else ["--fp16"] if saved_args.get("fp16") else []
+    # The layer spec names the modules, hence the tensor names: a megatron-local checkpoint needs its own.
+    if saved_args.get("layer_spec") not in (None, "llama"):
+        precision += ["--layer-spec", saved_args["layer_spec"]]
     return [str(a) for a in ["--load", load, "--mock-data", "--device", device, "--train-iters", 1,
                              "--micro-batch-size", 1, "--global-batch-size", world_size // (tp * pp),
                              "--tensor-model-parallel-size", tp, "--pipeline-model-parallel-size", pp,

@@ -114,7 +114,7 @@ def test_greedy_equals_transformers_token_for_token(generated, run):
         assert ours["text"] == ref["decode"](ref["tokens"][:-1] if ended_by_eos else ref["tokens"])
     # The prompts have four lengths and all of them share one batch: the test covers the staggered start.
     assert len({len(p) for p in generated["prompt_ids"]}) == 4
-    assert "----- prompt 3 (" in generated[run + ".log"]  # rank 0 prints each completion
+    assert "----- completion 3 (" in generated[run + ".log"]  # rank 0 prints each completion
 
 
 def test_stop_string_cuts_the_text_and_stops_generation(generated):

@@ -150,7 +150,8 @@ def test_chat_prompts_render_with_the_format_and_stop_at_its_end_of_reply(tmp_pa
         encode_prompts([messages], tokenizer, None)
 
 
-def test_command_line_mistakes_stop_before_any_process_group(capsys):
+def generate_tool():
+    """tools/generate.py as a module (tools/ is not a package)."""
     import importlib.util
 
     from launch import REPO
@@ -158,6 +159,11 @@ def test_command_line_mistakes_stop_before_any_process_group(capsys):
     spec = importlib.util.spec_from_file_location("generate_tool", REPO / "tools" / "generate.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def test_command_line_mistakes_stop_before_any_process_group():
+    tool = generate_tool()
     cases = {("--greedy", "--temperature", "0.7"): "--greedy cannot be combined",
              ("--max-new-tokens", "0"): "--max-new-tokens must be at least 1",
              ("--top-p", "0"): "--top-p must be in",
@@ -169,3 +175,18 @@ def test_command_line_mistakes_stop_before_any_process_group(capsys):
     assert tool.sampling_from(tool.build_parser().parse_args(["--load", "x", "--prompt", "a"])).greedy
     sampled = tool.sampling_from(tool.build_parser().parse_args(["--load", "x", "--prompt", "a", "--top-k", "5"]))
     assert (sampled.greedy, sampled.top_k, sampled.top_p, sampled.temperature) == (False, 5, 1.0, 1.0)
+
+
+def test_chat_format_defaults_to_the_checkpoints_record():
+    from types import SimpleNamespace
+
+    tool = generate_tool()
+    model = SimpleNamespace(saved_args={"chat_format": "chatml"}, run=SimpleNamespace(data=SimpleNamespace(
+        tokenizer_model=None)))
+    parse = tool.build_parser().parse_args
+    assert tool.chat_format_from(parse(["--load", "x", "--prompt", "a"]), model).name == "chatml"
+    assert tool.chat_format_from(parse(["--load", "x", "--prompt", "a", "--chat-format", "none"]), model) is None
+    assert tool.chat_format_from(parse(["--load", "x", "--prompt", "a", "--chat-format", "amberchat"]),
+                                 model).name == "amberchat"
+    model.saved_args = {}
+    assert tool.chat_format_from(parse(["--load", "x", "--prompt", "a"]), model) is None
