@@ -24,11 +24,12 @@ from megatron_ext.arguments.mup import add_mup_args
 from megatron_ext.arguments.parallel import add_parallel_args
 from megatron_ext.arguments.training import add_training_args
 from megatron_ext.arguments.validate import fill_defaults, validate
+from megatron_ext.preference.arguments import add_dpo_args
 from megatron_ext.models.identity import ModelIdentity, model_flag_names
 from megatron_ext.models.presets import preset_flags
 
 ARG_GROUPS = (add_model_args, add_parallel_args, add_training_args, add_data_args,
-              add_checkpoint_args, add_logging_args, add_mup_args)
+              add_checkpoint_args, add_logging_args, add_mup_args, add_dpo_args)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

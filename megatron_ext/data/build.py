@@ -64,7 +64,10 @@ def _fine_tuning_datasets(data, training, tokenizer, vocab_size, train_samples, 
     if getattr(data, "fim_split", None) and getattr(data, "data_mix", None) and _fim_rates(data):
         raise SystemExit("error: FIM rates in --data-mix apply to pretraining data, not to fine-tuning conversations")
     pad_id = tokenizer.eod if tokenizer is not None else 0
-    train, valid, summary = build_sft_datasets(data, training, train_samples, valid_samples, pad_id, vocab_size)
+    from megatron_ext.preference.dataset import build_preference_datasets, has_preference_data
+
+    build = build_preference_datasets if has_preference_data(data.data_path) else build_sft_datasets
+    train, valid, summary = build(data, training, train_samples, valid_samples, pad_id, vocab_size)
     if is_last_rank():
         print(summary, flush=True)
     return check_token_ids(train, vocab_size, data.data_path), check_token_ids(valid, vocab_size, data.data_path)

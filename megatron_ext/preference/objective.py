@@ -26,5 +26,9 @@ def prepare_dpo(run) -> DPOObjective:
     from megatron_ext.preference.arguments import dpo_config
     from megatron_ext.preference.reference import attach_reference
 
+    try:
+        cfg = dpo_config(run.config.flags)  # before the pass: a bad flag costs nothing
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from err
     attach_reference(run)
-    return DPOObjective(dpo_config(run.config.flags))
+    return DPOObjective(cfg)

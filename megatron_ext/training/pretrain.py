@@ -60,6 +60,13 @@ def _train(config, platform) -> float | None:
               f" ({platform.backend})", flush=True)
         print(describe_data(config.data, logging_), flush=True)
 
+    objective = None
+    if config.data.conversation_data:  # preference pairs train DPO: reference log-probs of the starting weights first
+        from megatron_ext.preference.dataset import has_preference_data
+        from megatron_ext.preference.objective import prepare_dpo
+
+        if has_preference_data(config.data.data_path):
+            objective = prepare_dpo(run)
     task_eval = in_loop_evaluator(config)  # --eval-tasks: downstream scores beside the validation loss
 
     def validation_loss():  # the same held-out batches every time, so values compare across a run
@@ -69,7 +76,8 @@ def _train(config, platform) -> float | None:
         if valid_ds is None:
             return None
         with timers.phase("evaluate"):
-            return evaluate(model, run.batches(valid_ds, 0, cycle=True), config.training, logging_.eval_iters)
+            return evaluate(model, run.batches(valid_ds, 0, cycle=True), config.training, logging_.eval_iters,
+                            objective)
 
     saved_at = [None]
 
@@ -88,7 +96,7 @@ def _train(config, platform) -> float | None:
         final_loss, stop_reason = train(config, model, optimizer, scheduler, state,
                                         run.batches(run.train_dataset, state.consumed_samples, cycle=False),
                                         validation_loss if logging_.eval_interval else None, logger, save,
-                                        stop_check, timers)
+                                        stop_check, timers, objective)
         if save_dir and saved_at[0] != state.iteration:
             save(state)  # still under the signal handler: a second SIGTERM does not cut this save short
     finally:
