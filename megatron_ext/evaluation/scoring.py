@@ -41,20 +41,38 @@ def _base(tokenizer):
 
 def harness_prefix(tokenizer) -> list[int]:
     """The ids the Hugging Face export's tokenizer puts before a text when encode() is called with its
-    defaults (lm-evaluation-harness's HFLM does, unless told add_bos_token): measured for a Hugging Face
-    tokenizer; a SentencePiece model is exported as LlamaTokenizer, which adds its BOS; ids-as-text
-    (NullTokenizer) none."""
+    defaults (lm-evaluation-harness's HFLM does, unless told add_bos_token), measured on that tokenizer: a
+    Hugging Face tokenizer directory is exported as it is; a SentencePiece model as transformers converts it
+    (checkpoint/hf_files.py, the export's own conversion, run here in a temporary directory: with transformers
+    5.x the converted tokenizer adds no BOS, with 4.x LlamaTokenizer did); ids-as-text (NullTokenizer) none."""
     base = _base(tokenizer)
     hf = getattr(base, "_tok", None)
-    if hf is not None:
-        plain, full = hf.encode("a b", add_special_tokens=False), hf.encode("a b")
-        if full[len(full) - len(plain):] != plain:
-            raise ValueError(f"the tokenizer {base.path} adds special tokens after a text by default; the harness's "
-                             "context/continuation split cannot be reproduced with it")
-        return list(full[:len(full) - len(plain)])
-    if type(base).__name__ == "SentencePieceTokenizer" and base.bos >= 0:
-        return [base.bos]
-    return []
+    if hf is None and type(base).__name__ == "SentencePieceTokenizer":
+        hf = _exported_sentencepiece(base.path)
+    if hf is None:
+        return []
+    plain, full = hf.encode("a b", add_special_tokens=False), hf.encode("a b")
+    if full[len(full) - len(plain):] != plain:
+        raise ValueError(f"the tokenizer {base.path} adds special tokens after a text by default; the harness's "
+                         "context/continuation split cannot be reproduced with it")
+    return list(full[:len(full) - len(plain)])
+
+
+def _exported_sentencepiece(model: str):
+    import tempfile
+
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:  # no transformers, no export to match
+        return None
+    from megatron_ext.checkpoint.hf_files import _sentencepiece_tokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _sentencepiece_tokenizer(model, tmp)
+        try:
+            return AutoTokenizer.from_pretrained(tmp)
+        except Exception:  # the export would carry tokenizer.model alone (hf_files warns): nothing to match
+            return None
 
 
 def prefix_token_id(tokenizer) -> int:
@@ -62,8 +80,10 @@ def prefix_token_id(tokenizer) -> int:
     return tokenizer.bos if tokenizer.bos >= 0 else tokenizer.eod
 
 
-def encode_request(tokenizer, prefix: list[int], context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """(context ids, continuation ids) as the harness's loglikelihood() makes them."""
+def encode_request(tokenizer, prefix: list[int], context: str, continuation: str,
+                   encoded: dict | None = None) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) as the harness's loglikelihood() makes them. `encoded`: a cache of
+    contexts already tokenised (every choice of a document shares its context)."""
     if context == "":
         cont = tokenizer.tokenize(continuation)
         first = prefix_token_id(tokenizer)
@@ -72,17 +92,24 @@ def encode_request(tokenizer, prefix: list[int], context: str, continuation: str
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
     whole = prefix + tokenizer.tokenize(context + continuation)
-    context_ids = prefix + tokenizer.tokenize(context)
+    if encoded is None or context not in encoded:
+        ids = tokenizer.tokenize(context)
+        if encoded is None:
+            encoded = {}
+        encoded[context] = ids
+    context_ids = prefix + encoded[context]
     return whole[:len(context_ids)], whole[len(context_ids):]
 
 
 def encode_requests(tokenizer, requests, max_length: int, where: str = "") -> list[tuple[list[int], int]]:
     """Per request: (the row's tokens, at most max_length + 1 of them, the last kept; how many of its last
     tokens are the continuation)."""
-    prefix = harness_prefix(tokenizer)
+    prefix, encoded = harness_prefix(tokenizer), {}
     rows = []
     for i, (context, continuation) in enumerate(requests):
-        ctx, cont = encode_request(tokenizer, prefix, context, continuation)
+        ctx, cont = encode_request(tokenizer, prefix, context, continuation, encoded)
+        if len(encoded) > 64:  # requests come document by document: only the latest contexts recur
+            encoded.clear()
         if len(cont) > max_length:
             raise ValueError(f"{where}request {i}: the continuation has {len(cont)} tokens, more than the model's "
                              f"context of {max_length}")
