@@ -13,6 +13,9 @@ class TaskEvaluator:
     def __init__(self, paths, tokenizer, max_length: int, micro_batch_size: int, limit: int | None = None):
         """paths: task files (evaluation/tasks.py); tokenizer: the run's; max_length: the model's context
         (max_position_embeddings, what the harness truncates to on the export)."""
+        if limit is not None and limit < 1:
+            raise SystemExit(f"error: --eval-tasks-limit {limit}: give a number of documents >= 1 (or leave it out "
+                             "to score every document)")
         if tokenizer is None:
             raise SystemExit("error: --eval-tasks needs the run's tokenizer to read the tasks' text: give "
                              "--tokenizer-type/--tokenizer-model (mock data without a tokenizer has none)")

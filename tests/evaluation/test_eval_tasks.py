@@ -59,3 +59,14 @@ def test_written_task_file_is_one_json_object_per_line(tmp_path):
     assert [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] == [
         {"task": {"name": "n"}}, {"context": "é", "choices": ["a"], "gold": 0}]
     assert not (tmp_path / "t.jsonl.tmp").exists()
+
+
+def test_evaluator_refuses_a_limit_below_one_and_a_run_without_tokenizer(tmp_path):
+    from megatron_ext.evaluation.in_loop import TaskEvaluator
+
+    path = tmp_path / "t.jsonl"
+    write_task(path, [{"context": "a", "choices": ["x"], "gold": 0}])
+    with pytest.raises(SystemExit, match="--eval-tasks-limit 0: give a number of documents >= 1"):
+        TaskEvaluator([str(path)], object(), 64, 1, limit=0)
+    with pytest.raises(SystemExit, match="--eval-tasks needs the run's tokenizer"):
+        TaskEvaluator([str(path)], None, 64, 1)
