@@ -82,6 +82,7 @@ def _validate_finetuning(args) -> None:
     args.conversation_data = not args.mock_data and has_conversation_data(args.data_path)
     if args.conversation_data:
         _resolve_chat_format(args)
+    preference = args.conversation_data and _preference_data(args)
     if args.pretrained_checkpoint and not os.path.isdir(args.pretrained_checkpoint):
         raise ConfigError(f"--pretrained-checkpoint {args.pretrained_checkpoint} is not a directory: pass a checkpoint "
                           "saved by pretrain_llama.py or written by tools/convert_from_hf.py")
@@ -94,7 +95,23 @@ def _validate_finetuning(args) -> None:
         raise ConfigError("--train-epochs, --train-iters and --train-samples are alternatives: give one")
     if args.train_epochs < 1:
         raise ConfigError(f"--train-epochs {args.train_epochs} must be at least 1")
+    if preference:  # pairs are packed whole (preference/dataset.py): rows counted as the trainer packs them
+        from megatron_ext.preference.dataset import epoch_samples
     args.train_samples = epoch_samples(args, args, args.train_epochs)
+
+
+def _preference_data(args) -> bool:
+    """Preference pairs in --data-path train DPO (preference/): its flags are checked here."""
+    from megatron_ext.preference.arguments import dpo_config
+    from megatron_ext.preference.dataset import has_preference_data
+
+    if not has_preference_data(args.data_path):
+        return False
+    try:
+        dpo_config(args)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    return True
 
 
 def _resolve_chat_format(args) -> None:
