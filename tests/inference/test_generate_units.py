@@ -46,7 +46,7 @@ def test_sampled_frequencies_follow_the_filtered_distribution():
     kept = sorted(kept_reference(logits.tolist(), 0.8, 4, 0.9))
     weights = [math.exp(logits[i].item() / 0.8) for i in kept]
     expected = {i: w / sum(weights) for i, w in zip(kept, weights)}
-    draws, generator = 6000, sampling.generator(0)
+    draws, generator = 3000, sampling.generator(0)
     counts = [0] * len(logits)
     for _ in range(draws):
         counts[next_token(logits, sampling, generator)[0]] += 1
