@@ -70,3 +70,13 @@ def test_evaluator_refuses_a_limit_below_one_and_a_run_without_tokenizer(tmp_pat
         TaskEvaluator([str(path)], object(), 64, 1, limit=0)
     with pytest.raises(SystemExit, match="--eval-tasks needs the run's tokenizer"):
         TaskEvaluator([str(path)], None, 64, 1)
+
+
+def test_two_task_files_with_one_name_are_refused(tmp_path):
+    from megatron_ext.evaluation.in_loop import TaskEvaluator
+
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        write_task(tmp_path / sub / "arc.jsonl", [{"context": "a", "choices": ["x"], "gold": 0}])
+    with pytest.raises(SystemExit, match="two files are both named arc"):
+        TaskEvaluator([str(tmp_path / "a" / "arc.jsonl"), str(tmp_path / "b" / "arc.jsonl")], object(), 64, 1)
