@@ -3,7 +3,8 @@ margins and accuracies 0), every parallel layout trains like one process, a smok
 the Hugging Face export prefers the chosen replies, and a resumed run reuses the stored reference.
 
 One module fixture starts all launches together (start-up, not compute, is what costs on two cores): the
-single-process smoke run (30 steps, saved) and the TP2, PP2 and DP2 runs (3 steps) on the same pairs."""
+single-process smoke run (30 steps, saved) and the TP2, PP2, DP2 and TP2 x PP2 runs (3 steps) on the same
+pairs."""
 
 import json
 import math
@@ -23,8 +24,9 @@ ARGS = ["--model-preset", "tiny", "--device", "cpu", "--tokenizer-type", "NullTo
         "--seq-length", 64, "--micro-batch-size", 2, "--global-batch-size", 8, "--lr", "2e-3",
         "--lr-decay-style", "constant", "--log-interval", 1, "--seed", 1234, "--split", "100,0,0"]
 SMOKE_ITERS, LAYOUT_ITERS = 30, 3
-LAYOUTS = {"tp2": ["--tensor-model-parallel-size", 2], "pp2": ["--pipeline-model-parallel-size", 2],
-           "dp2": ["--use-distributed-optimizer"]}
+LAYOUTS = {"tp2": (2, ["--tensor-model-parallel-size", 2]), "pp2": (2, ["--pipeline-model-parallel-size", 2]),
+           "dp2": (2, ["--use-distributed-optimizer"]),
+           "tp2xpp2": (4, ["--tensor-model-parallel-size", 2, "--pipeline-model-parallel-size", 2])}
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
            "logps/rejected")
 
@@ -36,9 +38,9 @@ def runs(tmp_path_factory):
     procs = {"single": start_pretrain(ARGS + data + ["--train-iters", SMOKE_ITERS, "--log-json", d / "single.jsonl",
                                                      "--save", d / "ckpt", "--save-interval", 1000,
                                                      "--tensorboard-dir", d / "tb"])}
-    for name, extra in LAYOUTS.items():
+    for name, (nproc, extra) in LAYOUTS.items():
         procs[name] = start_pretrain(ARGS + data + extra + ["--train-iters", LAYOUT_ITERS,
-                                                            "--log-json", d / f"{name}.jsonl"], nproc=2)
+                                                            "--log-json", d / f"{name}.jsonl"], nproc=nproc)
     outputs = wait_all(procs)
     logs = {name: [json.loads(line) for line in (d / f"{name}.jsonl").read_text().splitlines()
                    if '"rewards/chosen"' in line] for name in procs}
