@@ -10,11 +10,13 @@
 #   4. DPO on the pairs from SFT_DIR's weights into DPO_DIR: the reference log-probs of the SFT model are
 #      computed once before the first step and stored in DPO_DIR (docs/dpo.md);
 #   5. export DPO_DIR's latest checkpoint to EXPORT_DIR with the chat template (EXPORT=0 skips it).
-# Each stage is skipped when its output exists; re-running resumes a stage's checkpoints.
+# Conversion and preprocessing are skipped when their outputs exist; re-running resumes each training stage from
+# its own checkpoints (a finished stage ends at once).
 #
 # Hyperparameters. beta 0.1 and the sigmoid loss are the recipe's (issue 14); the learning rates, epochs and
 # batch sizes below are this recipe's CHOICE, not published AmberSafe numbers: SFT as AmberChat (lr 2e-5,
-# 3 epochs, warmup 4%), DPO at lr 5e-7 for 1 epoch of 64-sequence batches (32 pairs), sequence 2048.
+# 3 epochs, warmup 4%), DPO at lr 5e-7 for 1 epoch in global batches of 64 rows of 2048 positions (each row
+# packs whole pairs: one to a few PKU-SafeRLHF pairs).
 #
 # Get the inputs (once):
 #   huggingface-cli download LLM360/AmberChat --local-dir $WORK/AmberChat
