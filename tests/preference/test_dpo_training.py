@@ -6,15 +6,14 @@ One module fixture starts all launches together (start-up, not compute, is what 
 single-process smoke run (30 steps, saved) and the TP2, PP2, DP2 and TP2 x PP2 runs (3 steps) on the same
 pairs."""
 
+import importlib.util
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from launch import REPO, read_log, run_pretrain, start_pretrain, subprocess_env, wait_all
+from launch import REPO, read_log, run_pretrain, start_pretrain, wait_all
 
 from prefdata import copy_task, write_pairs
 
@@ -92,10 +91,11 @@ def test_export_prefers_the_chosen_replies(runs):
     one on nearly every pair; the starting weights' own preference (the stored reference) is weaker."""
     d, _, _, _ = runs
     out = d / "hf"
-    conv = subprocess.run([sys.executable, str(REPO / "tools" / "convert_to_hf.py"), "--load", str(d / "ckpt"),
-                           "--out", str(out), "--vocab-size", str(VOCAB + 1), "--no-progress"], cwd=REPO,
-                          env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
-    assert conv.returncode == 0, conv.stdout[-3000:]
+    spec = importlib.util.spec_from_file_location("convert_to_hf", REPO / "tools" / "convert_to_hf.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)   # in-process: no second interpreter start-up
+    assert tool.main(["--load", str(d / "ckpt"), "--out", str(out), "--vocab-size", str(VOCAB + 1),
+                      "--no-progress"]) == 0
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32).eval()
