@@ -22,7 +22,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "transformers>=4.45", "matplotlib", "pyarrow", "trl==0.28.0", "lm-eval[hf]==0.4.13"],
+        "test": ["pytest", "transformers>=4.45", "matplotlib", "pyarrow", "trl==0.28.0", "lm-eval[hf]==0.4.13", "wandb==0.31.0"],
         "plots": ["matplotlib"],
         "parquet": ["pyarrow"],  # tools/preprocess_data.py reading .parquet
         # apex (NVIDIA's, not the PyPI name) is built from source; both are optional backends.

@@ -58,3 +58,29 @@ def test_wandb_mirrors_the_tensorboard_scalars(tmp_path, monkeypatch):
     assert logged[1]["lm loss"] == 6.0 and logged[2]["batch-size"] == 4
     assert any(data.get("lm loss validation") == 4.5 for _, data in calls["log"])
     assert calls.get("finish")
+
+
+def test_real_wandb_offline_run_records_the_scalars(tmp_path, monkeypatch):
+    """The real package, offline (no network): the run's summary (the last value of each logged scalar) and
+    config, read from the live run as the logger finishes it, and the run's file on disk."""
+    import pytest
+
+    wandb = pytest.importorskip("wandb", reason="wandb is a pinned test requirement (requirements/ci.txt)")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    seen = {}
+    finish = wandb.finish
+
+    def finish_and_record(*a, **kw):
+        wandb.run.log({}, commit=True)  # commit the last step's row (W&B holds it for more keys of that step)
+        seen["summary"], seen["config"] = dict(wandb.run.summary), dict(wandb.run.config)
+        return finish(*a, **kw)
+
+    monkeypatch.setattr(wandb, "finish", finish_and_record)
+    args = parse_args(MOCK + ["--wandb-project", "proj", "--wandb-exp-name", "exp", "--wandb-save-dir",
+                              str(tmp_path)], world_size=1)
+    _log_two_iterations(TrainLogger(RunConfig.from_flags(args).with_vocab(512), torch.device("cpu"), writes=True))
+    summary = seen["summary"]
+    assert summary["lm loss"] == 5.0 and summary["batch-size"] == 4 and summary["lm loss validation"] == 4.5
+    assert seen["config"]["global_batch_size"] == 4
+    assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))  # the run written for `wandb sync`
