@@ -3,8 +3,8 @@ margins and accuracies 0), every parallel layout trains like one process, a smok
 the Hugging Face export prefers the chosen replies, and a resumed run reuses the stored reference.
 
 One module fixture starts all launches together (start-up, not compute, is what costs on two cores): the
-single-process smoke run (30 steps, saved) and the TP2, PP2, DP2 and TP2 x PP2 runs (3 steps) on the same
-pairs."""
+single-process smoke run (30 steps, saved) and the TP2, PP2, DP2 (distributed optimizer) and TP2 x PP2
+(sequence parallel) runs (3 steps) on the same pairs."""
 
 import importlib.util
 import json
@@ -25,7 +25,8 @@ ARGS = ["--model-preset", "tiny", "--device", "cpu", "--tokenizer-type", "NullTo
 SMOKE_ITERS, LAYOUT_ITERS = 30, 3
 LAYOUTS = {"tp2": (2, ["--tensor-model-parallel-size", 2]), "pp2": (2, ["--pipeline-model-parallel-size", 2]),
            "dp2": (2, ["--use-distributed-optimizer"]),
-           "tp2xpp2": (4, ["--tensor-model-parallel-size", 2, "--pipeline-model-parallel-size", 2])}
+           "tp2xpp2-sp": (4, ["--tensor-model-parallel-size", 2, "--pipeline-model-parallel-size", 2,
+                              "--sequence-parallel"])}
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
            "logps/rejected")
 
