@@ -102,13 +102,20 @@ _ex_sft_tokenizer_flags() {  # the tokenizer flags both preprocessing tools and 
   return 0
 }
 
+_ex_sft_wait_file() {  # FILE: up to an hour
+  local waited=0
+  until [ -f "$1" ]; do
+    if [ "$waited" -ge 3600 ]; then echo "error: $1 was not written by node 0 within an hour" >&2; return 1; fi
+    sleep 10; waited=$((waited + 10))
+  done
+}
+
 _ex_sft_preprocess() {
   local conv=${DATA_PREFIX}_conversation flags=()
   mkdir -p "$(dirname "$DATA_PREFIX")"
   if [ ! -f "$conv.idx" ]; then
-    if [ "$NODE_RANK" != 0 ]; then
-      local waited=0
-      until [ -f "$conv.json" ]; do sleep 10; waited=$((waited + 10)); [ "$waited" -lt 3600 ] || return 1; done
+    if [ "$NODE_RANK" != 0 ]; then  # node 0 preprocesses (a shared file system); the others wait for it
+      _ex_sft_wait_file "$conv.json" && _ex_sft_wait_file "$conv.idx" && _ex_sft_wait_file "${conv}_loss_mask.idx"
     else
       read -r -a inputs <<< "$SFT_INPUT"
       [ -n "$SPECIAL_TOKENS" ] && flags+=(--special-tokens "$SPECIAL_TOKENS")
@@ -126,7 +133,9 @@ _ex_sft_preprocess() {
   SFT_DATA_PATH=("$SFT_WEIGHT" "$conv")
   if [ -n "$TEXT_INPUT" ]; then
     local text=${DATA_PREFIX}_text
-    if [ ! -f "${text}_text_document.idx" ] && [ "$NODE_RANK" = 0 ]; then
+    if [ ! -f "${text}_text_document.idx" ] && [ "$NODE_RANK" != 0 ]; then
+      _ex_sft_wait_file "${text}_text_document.idx"
+    elif [ ! -f "${text}_text_document.idx" ]; then
       ex_log "preprocessing plain text $TEXT_INPUT -> ${text}_text_document"
       local special=()
       [ -n "$SFT_SPECIAL_TOKENS" ] && special=(--special-tokens "$SFT_SPECIAL_TOKENS")
