@@ -41,8 +41,8 @@ def recorded_chat_formats(data_path) -> dict:
     from megatron.core.datasets.utils import get_blend_from_list
 
     prefixes, _ = get_blend_from_list(list(data_path))
-    return {p: _sidecar(p)["chat_format"] for p in prefixes
-            if is_conversation_prefix(p) and _sidecar(p).get("chat_format")}
+    return {p: sidecar(p)["chat_format"] for p in prefixes
+            if is_conversation_prefix(p) and sidecar(p).get("chat_format")}
 
 
 def _indexed(prefix: str):
@@ -67,7 +67,7 @@ class ConversationSource:
         if not np.array_equal(self.lengths, np.asarray(self.masks.sequence_lengths)):
             raise ValueError(f"{prefix}: the token and loss-mask files disagree on conversation lengths (written by "
                              "different runs?); write both again with tools/preprocess_sft.py")
-        self.info = _sidecar(prefix)
+        self.info = sidecar(prefix)
         recorded = self.info.get("vocab_size")
         if vocab_size is not None and recorded is not None and recorded > vocab_size:
             raise ValueError(
@@ -112,7 +112,8 @@ class TextSource:
         return ids, np.ones(len(ids), dtype=np.float32)
 
 
-def _sidecar(prefix: str) -> dict:
+def sidecar(prefix: str) -> dict:
+    """The .json record tools/preprocess_sft.py (or preprocess_preference.py) writes beside its files."""
     path = prefix + ".json"
     if not os.path.isfile(path):
         return {}

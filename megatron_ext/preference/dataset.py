@@ -17,21 +17,12 @@ k's chosen and rejected sequences, and a trailing padding segment, if any, follo
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
 from megatron_ext.data.packing import DROP, build_row
-from megatron_ext.data.sft_dataset import MASK_SUFFIX, PackedSource, SFTDataset, _indexed, split_range
-
-
-def sidecar(prefix: str) -> dict:
-    path = prefix + ".json"
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
+from megatron_ext.data.sft_dataset import MASK_SUFFIX, PackedSource, SFTDataset, _indexed, sidecar, split_range
 
 
 def is_preference_prefix(prefix: str) -> bool:
