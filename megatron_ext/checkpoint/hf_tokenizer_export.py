@@ -285,7 +285,7 @@ def compare(tokenizer, out: str, chat_format=None) -> list[str]:
     apply_chat_template(). Returns one line per difference (empty: none)."""
     from transformers import AutoTokenizer
 
-    hf = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    hf = AutoTokenizer.from_pretrained(out, local_files_only=True, trust_remote_code=False)  # a CrystalCoder config.json has auto_map: never prompt
     specials = list(_added_ids(tokenizer))
     texts = list(_PROBE_TEXTS)
     hf_format = chat_format is not None and chat_format.name == "hf"  # rendered by transformers in training too
