@@ -66,6 +66,14 @@ def runs(tmp_path_factory):
         procs[script] = subprocess.Popen(["bash", str(REPO / "examples" / script)], cwd=REPO, env={**env, **extra},
                                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                          text=True)
+    # AmberSafe's DPO recipe (SFT on the preferred replies, then DPO, then the export), alongside.
+    (root / "ambersafe" / "tokenizer").mkdir(parents=True)
+    for piece in sp.iterdir():  # the same stand-in tokenizer, so the recipe does not train another
+        (root / "ambersafe" / "tokenizer" / piece.name).write_bytes(piece.read_bytes())
+    procs["ambersafe_dpo.sh"] = subprocess.Popen(
+        ["bash", str(REPO / "examples" / "ambersafe_dpo.sh")], cwd=REPO,
+        env={**env, "WORK": str(root / "ambersafe"), "MASTER_PORT": str(free_port())}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     outputs = {}
     for script, proc in procs.items():
         outputs[script] = proc.communicate(timeout=900)[0]
@@ -161,3 +169,16 @@ def test_smoke_sft_of_the_demo_model_learns_the_format(runs):
         assert re.fullmatch(r"The answer is \d{1,2}\.", text), text
     # the random base model it started from answers nothing of the kind
     assert not any(re.fullmatch(r"The answer is \d{1,2}\.", text) for _, _, text in replies(work / "hf_base"))
+
+
+def test_ambersafe_dpo_smoke_runs_sft_then_dpo_and_exports_for_chat(runs):
+    root, _, _ = runs
+    work = root / "ambersafe"
+    sft, dpo = log_records(work / "sft_log.jsonl"), log_records(work / "dpo_log.jsonl")
+    assert any("lm loss" in r for r in sft)
+    metrics = [r for r in dpo if "rewards/accuracies" in r]
+    assert metrics and all(k in metrics[0] for k in ("rewards/chosen", "rewards/rejected", "rewards/margins",
+                                                     "logps/chosen", "logps/rejected"))
+    config = json.loads((work / "hf" / "tokenizer_config.json").read_text())
+    assert config.get("chat_template")
+    assert (work / "hf" / "generation_config.json").is_file()
