@@ -206,6 +206,29 @@ def load_checkpoint(root: str, model, optimizer, scheduler, run):
     return iteration, consumed
 
 
+def load_model_weights(root: str, iteration: int | None, modules: list, run) -> tuple[dict, str]:
+    """Only the model's tensors of ROOT's ITERATION (None: the latest) into `modules` (unwrapped chunks, any
+    layout: dist_checkpointing reshards), checked as a resume is (model identity, checksums): what evaluation
+    and generation load. Returns (the iteration's common.pt, its directory)."""
+    iteration, common = read_checkpoint_args(root, iteration)
+    path = existing_iteration_dir(root, iteration)
+    check_compatible(common, run.model, path)
+    if not run.checkpoint.no_verify_checkpoint:
+        try:
+            verify_checksums(path)
+        except IntegrityError as exc:
+            raise CheckpointError(f"{exc}; --no-verify-checkpoint skips this check") from None
+    state = {f"model{i}": module.sharded_state_dict() for i, module in enumerate(modules)}
+    try:
+        loaded = dist_checkpointing.load(state, path)
+    except (Exception, CheckpointException) as exc:
+        raise CheckpointError(f"cannot load checkpoint {path}: {_cause(exc)}. A shard may be truncated or "
+                              "missing: load another iteration, or re-copy the checkpoint") from exc
+    for i, module in enumerate(modules):
+        module.load_state_dict(loaded[f"model{i}"], strict=True)
+    return common, path
+
+
 def describe_load(path: str, saved_iteration: int, consumed: int, flags, *, weights_only: bool,
                   with_optimizer: bool, with_rng: bool) -> str:
     """The one line saying what a load restored (flags: the CheckpointConfig): from where, which iteration,

@@ -28,32 +28,10 @@ def saved_iterations(root: str) -> list[int]:
 
 
 def load_model_weights(root: str, iteration: int, model, run) -> dict:
-    """ROOT's ITERATION weights into the built chunks (any layout: dist_checkpointing reshards), checked as
-    checkpoint/dist.py's load checks them (model identity, checksums). Returns the iteration's common.pt."""
-    from megatron.core import dist_checkpointing
-    from torch.distributed.checkpoint.api import CheckpointException
+    """ROOT's ITERATION weights into the built (DDP-wrapped) chunks, any layout. Returns its common.pt."""
+    from megatron_ext.checkpoint.dist import load_model_weights as load_weights
 
-    from megatron_ext.checkpoint.dist import _cause, check_compatible, read_checkpoint_args
-    from megatron_ext.checkpoint.integrity import IntegrityError, verify_checksums
-    from megatron_ext.checkpoint.paths import CheckpointError, existing_iteration_dir
-
-    _, common = read_checkpoint_args(root, iteration)
-    path = existing_iteration_dir(root, iteration)
-    check_compatible(common, run.model, path)
-    if not run.checkpoint.no_verify_checkpoint:
-        try:
-            verify_checksums(path)
-        except IntegrityError as exc:
-            raise CheckpointError(f"{exc}; --no-verify-checkpoint skips this check") from None
-    state = {f"model{i}": chunk.module.sharded_state_dict() for i, chunk in enumerate(model)}
-    try:
-        loaded = dist_checkpointing.load(state, path)
-    except (Exception, CheckpointException) as exc:
-        raise CheckpointError(f"cannot load checkpoint {path}: {_cause(exc)}. A shard may be truncated or "
-                              "missing: re-copy it, or delete that iteration's directory to skip it") from exc
-    for i, chunk in enumerate(model):
-        chunk.module.load_state_dict(loaded[f"model{i}"], strict=True)
-    return common
+    return load_weights(root, iteration, [chunk.module for chunk in model], run)[0]
 
 
 class ResultsTable:

@@ -103,25 +103,6 @@ def load_inference_model(load: str, tp: int = 1, pp: int = 1, device: str = "aut
 
 def load_weights(load: str, iteration: int, model, run) -> str:
     """The model's tensors from LOAD's checkpoint ITERATION, resharded to this layout; returns its directory."""
-    from megatron.core import dist_checkpointing
-    from torch.distributed.checkpoint.api import CheckpointException
+    from megatron_ext.checkpoint.dist import load_model_weights
 
-    from megatron_ext.checkpoint.dist import _cause, check_compatible, read_checkpoint_args
-    from megatron_ext.checkpoint.integrity import IntegrityError, verify_checksums
-    from megatron_ext.checkpoint.paths import CheckpointError, existing_iteration_dir
-
-    _, common = read_checkpoint_args(load, iteration)
-    path = existing_iteration_dir(load, iteration)
-    check_compatible(common, run.model, path)
-    if not run.checkpoint.no_verify_checkpoint:
-        try:
-            verify_checksums(path)
-        except IntegrityError as exc:
-            raise CheckpointError(f"{exc}; --no-verify-checkpoint skips this check") from None
-    try:
-        loaded = dist_checkpointing.load({"model0": model.sharded_state_dict()}, path)
-    except (Exception, CheckpointException) as exc:
-        raise CheckpointError(f"cannot load checkpoint {path}: {_cause(exc)}. A shard may be truncated or "
-                              "missing: load an earlier iteration or re-copy the checkpoint") from exc
-    model.load_state_dict(loaded["model0"], strict=True)
-    return path
+    return load_model_weights(load, iteration, [model], run)[1]
